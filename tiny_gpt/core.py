@@ -18,6 +18,8 @@ __all__ = ['IN_TEST', 'IN_COLAB', 'atomic_open', 'atomic_write_text', 'atomic_wr
 # %% ../nbs/00_core.ipynb #40d6caf8
 IN_TEST = bool(os.environ.get("IN_TEST"))  # set by `nbdev_test`: notebooks shrink their work
 IN_COLAB = "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+if IN_TEST and "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)  # nbdev_test runs one notebook per core: more threads each would fight over the cores
 
 # %% ../nbs/00_core.ipynb #85687891
 @contextmanager
