@@ -42,12 +42,12 @@ def _add_fields(parser, cls, skip=()):
 def build_parser() -> argparse.ArgumentParser:
     "The `tiny-gpt` argument parser, with its subcommands."
     p = argparse.ArgumentParser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,checkpoints,export}")
 
     def data_args(sp):
-        sp.add_argument("--data", default="tinyshakespeare",
+        sp.add_argument("--data", default=None,
                         help="text to train on: tinyshakespeare, a UTF-8 text file, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]] (default: tinyshakespeare)")
-        sp.add_argument("--tokenizer", default="char", choices=TOKENIZERS, help="char, gpt2 (tiktoken) or bpe (trained on --data) (default: char)")
+        sp.add_argument("--tokenizer", default=None, choices=TOKENIZERS, help="char, gpt2 (tiktoken) or bpe (trained on --data) (default: char)")
         sp.add_argument("--vocab_size", type=int, default=8192, help="vocabulary size of the bpe tokenizer (default: 8192)")
         sp.add_argument("--cache_dir", default=None, help="cache folder for downloads and token ids (default: $TINY_GPT_CACHE or ~/.cache/tiny_gpt)")
 
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model size and its training settings; auto: shakespeare-char on CUDA, small on MPS, tiny on CPU")
     sp.add_argument("--out_dir", default="out", help="folder for model.pt, config.json, tokenizer.json and history.json")
     sp.add_argument("--final_sample", type=int, default=500, help="tokens to sample and print after training (0: none)")
+    sp.add_argument("--resume", default=None, help="continue a run: latest, best, auto (latest if any, else start) or a checkpoint path")
     data_args(sp)
     _add_fields(sp, GPTConfig, skip=("vocab_size",))   # the tokenizer decides the vocabulary
     _add_fields(sp, TrainConfig)
@@ -78,11 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=1337, help="random seed")
     sp.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     sp.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
+
+    sp = sub.add_parser("checkpoints", help="list the checkpoints of a run", description="List the checkpoints of a run folder.")
+    sp.add_argument("out_dir", help="the run folder")
+    sp = sub.add_parser("export", help="export a checkpoint's weights as safetensors with config and tokenizer",
+                        description="Write model.safetensors, config.json and tokenizer.json of a checkpoint, for sharing.")
+    sp.add_argument("--out_dir", default="out", help="the run folder (default: out)")
+    sp.add_argument("--dest", required=True, help="folder to write the export into")
+    sp.add_argument("--which", default="best", help="best, latest or a checkpoint path (default: best)")
     return p
 
-# %% ../nbs/10_cli.ipynb #d32d4ef4
+# %% ../nbs/10_cli.ipynb #564eaf8d
 def _cmd_prepare(a):
-    d = prepare_data(a.data, a.tokenizer, cache_dir=a.cache_dir, vocab_size=a.vocab_size)
+    d = prepare_data(a.data or "tinyshakespeare", a.tokenizer or "char", cache_dir=a.cache_dir, vocab_size=a.vocab_size)
     print(d)
     for split in ("train", "val"):
         arr = getattr(d, split)
@@ -90,25 +99,36 @@ def _cmd_prepare(a):
 
 def _cmd_train(a):
     from tiny_gpt.training import train
-    skip = {"command", "preset", "out_dir", "final_sample", "data", "tokenizer", "vocab_size", "cache_dir"}
+    skip = {"command", "preset", "out_dir", "final_sample", "data", "tokenizer", "vocab_size", "cache_dir", "resume"}
     overrides = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
     train(a.preset, data=a.data, tokenizer=a.tokenizer, out_dir=a.out_dir, cache_dir=a.cache_dir,
-          vocab_size=a.vocab_size, final_sample=a.final_sample, **overrides)
+          vocab_size=a.vocab_size, final_sample=a.final_sample, resume=a.resume, **overrides)
 
 def _cmd_sample(a):
     from tiny_gpt.sampling import sample
     texts = sample(a.out_dir, a.start, a.num_samples, a.max_new_tokens, a.temperature, a.top_k or None, a.top_p, a.seed, a.device, a.dtype)
     print("\n---------------\n".join(texts))
 
+def _cmd_checkpoints(a):
+    from tiny_gpt.checkpoint import checkpoint_table
+    print(checkpoint_table(a.out_dir))
+
+def _cmd_export(a):
+    from tiny_gpt.checkpoint import export
+    print(f"exported to {export(a.out_dir, a.dest, a.which)}")
+
 def main(argv=None) -> int:
     "Run `tiny-gpt` with `argv` (default: the command line); returns the exit code."
     parser = build_parser()
     a = parser.parse_args(argv)
-    try: {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample}[a.command](a)
+    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "checkpoints": _cmd_checkpoints, "export": _cmd_export}
+    try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:
         print(f"tiny-gpt {a.command}: error: {e}", file=sys.stderr); return 2
     except TrainingDiverged as e:
         print(f"tiny-gpt {a.command}: {e}", file=sys.stderr); return 1
+    except KeyboardInterrupt:   # a second Ctrl+C during training, or one in data preparation
+        print(f"tiny-gpt {a.command}: interrupted", file=sys.stderr); return 130
     return 0
 
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # `python -m tiny_gpt.cli`, not a notebook

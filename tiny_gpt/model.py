@@ -16,7 +16,7 @@ from .attention import CausalSelfAttention
 
 # %% auto #0
 __all__ = ['PRESETS', 'GPTConfig', 'get_config', 'MLP', 'Block', 'KVCache', 'sample_next', 'GPT', 'evaluating', 'generate',
-           'flops_per_token']
+           'clean_state_dict', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -181,7 +181,15 @@ def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top
 
 GPT.generate = generate
 
-# %% ../nbs/04_model.ipynb #ab87b519
+# %% ../nbs/04_model.ipynb #1af20ed3
+def clean_state_dict(state: dict) -> dict:
+    "Strip the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes from parameter names."
+    def clean(k: str) -> str:
+        while k.startswith(("_orig_mod.", "module.")): k = k.split(".", 1)[1]   # in any order, e.g. DDP around compile
+        return k.replace("._orig_mod.", ".")
+    return {clean(k): v for k, v in state.items()}
+
+# %% ../nbs/04_model.ipynb #2d3e0851
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
     "Training FLOPs per token: 6 per non-embedding parameter plus attention's 12·L·C·T (PaLM, appendix B)."
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size

@@ -9,32 +9,32 @@ from pathlib import Path
 
 import torch
 
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, clean_state_dict
 from .tokenization import Tokenizer
 from .training import choose_device, choose_precision
 
 # %% auto #0
-__all__ = ['clean_state_dict', 'load_run', 'sample']
+__all__ = ['load_run', 'sample']
 
-# %% ../nbs/06_sampling.ipynb #01080b98
-def clean_state_dict(state: dict) -> dict:
-    "Strip the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes from parameter names."
-    def clean(k: str) -> str:
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix): k = k[len(prefix):]
-        return k.replace("._orig_mod.", ".")
-    return {clean(k): v for k, v in state.items()}
-
+# %% ../nbs/06_sampling.ipynb #ce70fff1
 def load_run(out_dir, device="auto") -> tuple[GPT, Tokenizer, dict]:
-    "The model (in eval mode, on `device`), tokenizer and metadata of a run folder written by `save_run`."
+    "The model (in eval mode, on `device`), tokenizer and metadata of a run folder (from `save_run`) or an export."
     out = Path(out_dir)
-    if not (out / "model.pt").exists():
-        raise FileNotFoundError(f"no model.pt in {out}: train a model first (tiny-gpt train --out_dir {out}) or pass its folder")
     device = choose_device(device)
-    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
     meta = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    if (out / "model.pt").exists():                     # written by training
+        ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+        cfg, state = GPTConfig(**ckpt["model_config"]), clean_state_dict(ckpt["model"])
+    elif (out / "model.safetensors").exists():          # an export for sharing
+        from safetensors.torch import load_file
+        cfg, state = GPTConfig(**meta["model"]), load_file(str(out / "model.safetensors"))
+    else:
+        raise FileNotFoundError(f"no model.pt or model.safetensors in {out}: train a model first "
+                                f"(tiny-gpt train --out_dir {out}) or pass its folder")
+    model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if cfg.tie_weights else set()):
+        raise ValueError(f"{out}: the weights do not fit the model (missing {missing}, unexpected {unexpected})")
     return model.to(device).eval(), Tokenizer.load(out / "tokenizer.json"), meta
 
 # %% ../nbs/06_sampling.ipynb #d0c3b9b7
