@@ -137,13 +137,15 @@ class CheckpointManager:
 # %% ../nbs/07_checkpoints.ipynb #8504d40c
 class Checkpointer:
     "Training callback that saves periodic, best and final or emergency checkpoints through a `CheckpointManager`."
-    def __init__(self, manager: CheckpointManager, save_every: int = 0):
-        self.manager, self.save_every = manager, save_every
+    def __init__(self, manager: CheckpointManager, save_every: int = 0, on_save=()):
+        self.manager, self.save_every, self.on_save = manager, save_every, list(on_save)   # on_save(ckpt, trainer): e.g. a backup
 
     def _save(self, trainer, tags):
         last = trainer.history["eval"][-1] if trainer.history["eval"] else {}
         metrics = {k: last.get(k) for k in ("train_loss", "val_loss", "val_ppl")} if last.get("step") == trainer.step else {}
-        return self.manager.save(trainer.state_dict(), tags, metrics)
+        ckpt = self.manager.save(trainer.state_dict(), tags, metrics)
+        for fn in self.on_save: fn(ckpt, trainer)
+        return ckpt
 
     def on_step(self, trainer):
         if self.save_every and trainer.step % self.save_every == 0: self._save(trainer, ["periodic"])

@@ -42,7 +42,7 @@ def _add_fields(parser, cls, skip=()):
 def build_parser() -> argparse.ArgumentParser:
     "The `tiny-gpt` argument parser, with its subcommands."
     p = argparse.ArgumentParser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,checkpoints,export}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,checkpoints,export,restore}")
 
     def data_args(sp):
         sp.add_argument("--data", default=None,
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out_dir", default="out", help="the run folder (default: out)")
     sp.add_argument("--dest", required=True, help="folder to write the export into")
     sp.add_argument("--which", default="best", help="best, latest or a checkpoint path (default: best)")
+    sp = sub.add_parser("restore", help="restore a run's newest valid checkpoint from its backup (Google Drive)",
+                        description="Copy the newest valid checkpoint of a run, and its tokenizer, back from its backup folder.")
+    sp.add_argument("--out_dir", default="out", help="the run folder to restore into; its name picks the backup (default: out)")
+    sp.add_argument("--backup_dir", default="drive", help="the backup folder given to train; drive: Google Drive (default: drive)")
     return p
 
 # %% ../nbs/10_cli.ipynb #564eaf8d
@@ -117,11 +121,18 @@ def _cmd_export(a):
     from tiny_gpt.checkpoint import export
     print(f"exported to {export(a.out_dir, a.dest, a.which)}")
 
+def _cmd_restore(a):
+    from tiny_gpt.drive import backup_target, restore_run
+    if (p := restore_run(a.backup_dir, a.out_dir)) is None:
+        raise FileNotFoundError(f"no valid checkpoint in {backup_target(a.backup_dir, a.out_dir)}")
+    print(f"restored {p}. Resume with: tiny-gpt train --out_dir {a.out_dir} --resume latest")
+
 def main(argv=None) -> int:
     "Run `tiny-gpt` with `argv` (default: the command line); returns the exit code."
     parser = build_parser()
     a = parser.parse_args(argv)
-    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "checkpoints": _cmd_checkpoints, "export": _cmd_export}
+    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "checkpoints": _cmd_checkpoints, "export": _cmd_export,
+            "restore": _cmd_restore}
     try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:
         print(f"tiny-gpt {a.command}: error: {e}", file=sys.stderr); return 2

@@ -118,12 +118,15 @@ class TrainConfig:
     progress: bool = True         # show a progress bar (else print a line every log_interval steps)
     save_every: int = 0           # save a checkpoint every this many steps (0: at every evaluation)
     keep_last: int = 3            # checkpoints kept besides the best and the latest
+    backup_dir: str = ""          # also copy each checkpoint here (drive: Google Drive's MyDrive/tiny_gpt_checkpoints)
+    backup_background: bool = True  # copy in a background thread, so training never waits for the backup
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate < 0 or self.min_lr < 0: raise ValueError("learning rates must not be negative")
         if self.min_lr > self.learning_rate: raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
+        self.backup_dir = str(self.backup_dir or "")   # plain data, also when given a Path
         if str(self.compile).lower() not in ("auto", "on", "off", "true", "false", "1", "0"):
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
 
@@ -481,8 +484,14 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
         if len(getattr(td, split)) <= model_cfg.block_size + 1:
             raise ValueError(f"the {split} split has {len(getattr(td, split)):,} tokens, too few for block_size "
                              f"{model_cfg.block_size}: use a smaller --block_size or more text")
-    trainer = Trainer(model_cfg, cfg, td, callbacks=[*callbacks, *([Checkpointer(manager, cfg.save_every)] if manager else [])])
     if out_dir is not None: td.tokenizer.save(Path(out_dir) / "tokenizer.json")   # before training: checkpoints are usable at once
+    backup = None
+    if out_dir is not None and cfg.backup_dir:
+        from tiny_gpt.drive import DriveBackupCallback
+        backup = DriveBackupCallback(out_dir, cfg.backup_dir, keep_last=cfg.keep_last, background=cfg.backup_background)
+    if manager: callbacks = [*callbacks, Checkpointer(manager, cfg.save_every, on_save=[backup.on_save] if backup else []),
+                             *([backup] if backup else [])]
+    trainer = Trainer(model_cfg, cfg, td, callbacks=callbacks)
     if state is not None:
         trainer.load_state_dict(state)
         trainer.log(f"resumed from {path} at step {trainer.step:,} (best val loss {trainer.best_val:.4f})")
