@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['causal_attention', 'CausalSelfAttention']
+__all__ = ['causal_attention', 'RotaryEmbedding', 'CausalSelfAttention']
 
 # %% ../nbs/03_attention.ipynb #fd807a8c
 def causal_attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = False):
@@ -24,13 +24,32 @@ def causal_attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = Fal
     out = weights @ v
     return (out, weights) if return_weights else out
 
-# %% ../nbs/03_attention.ipynb #fed14d92
+# %% ../nbs/03_attention.ipynb #d7a84fac
+class RotaryEmbedding(nn.Module):
+    "Rotary position embedding: rotate pairs of query/key channels by angles that grow with the position."
+    def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        freqs = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)   # one frequency per channel pair
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)             # (max_len, head_size/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, q, k, start: int = 0):
+        T = q.size(-2)
+        cos, sin = self.cos[start:start + T].to(q.dtype), self.sin[start:start + T].to(q.dtype)
+        def rotate(x):
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        return rotate(q), rotate(k)
+
 class CausalSelfAttention(nn.Module):
     "Multi-head causal self-attention; `flash` picks `F.scaled_dot_product_attention` over the written-out version."
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, flash: bool = True):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, flash: bool = True,
+                 rope: bool = False, qk_norm: bool = False, block_size: int = 1024):
         super().__init__()
         if n_embd % n_head: raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_head, self.n_embd, self.dropout, self.flash = n_head, n_embd, dropout, flash
+        self.n_head, self.n_embd, self.dropout, self.flash, self.qk_norm = n_head, n_embd, dropout, flash, qk_norm
+        self.rope = RotaryEmbedding(n_embd // n_head, block_size) if rope else None
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # queries, keys, values of all heads
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # mixes the heads' outputs
         self.resid_dropout = nn.Dropout(dropout)
@@ -39,6 +58,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm: q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rope is not None: q, k = self.rope(q, k, start=kv_cache.len if kv_cache is not None else 0)
         if kv_cache is not None: k, v = kv_cache.update(k, v)     # keys and values of all positions so far
         p = self.dropout if self.training else 0.0
         if self.flash:

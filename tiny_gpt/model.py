@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention
 
 # %% auto #0
-__all__ = ['PRESETS', 'GPTConfig', 'get_config', 'MLP', 'Block', 'KVCache', 'sample_next', 'GPT', 'evaluating', 'generate',
-           'clean_state_dict', 'flops_per_token']
+__all__ = ['PRESETS', 'GPTConfig', 'get_config', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sample_next', 'GPT', 'evaluating',
+           'generate', 'clean_state_dict', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -31,6 +31,14 @@ class GPTConfig:
     bias: bool = False        # biases in Linear and LayerNorm layers (GPT-2 has them; without is a bit faster)
     tie_weights: bool = True  # share the token embedding with the output layer
     flash: bool = True        # fused scaled_dot_product_attention, else the written-out attention
+    vocab_multiple: int = 1   # pad the embedding and output rows to a multiple of this (64: faster matmuls on GPUs)
+    # "modern GPT" switches (the modern GPT chapter explains and measures each); off = GPT-2
+    rope: bool = False        # rotary position embeddings instead of learned positions
+    qk_norm: bool = False     # RMS-normalise queries and keys
+    mlp: str = "gelu"         # gelu, or relu2 (squared ReLU)
+    zero_init_proj: bool = False  # start the residual output projections at zero
+    zero_init_head: bool = False  # start the (untied) output layer at zero
+    softcap: float = 0.0      # cap the logits smoothly at +-softcap (0: off)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -39,6 +47,13 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                              f"each head gets n_embd / n_head channels")
         if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.mlp not in ("gelu", "relu2"): raise ValueError(f"mlp must be gelu or relu2, got {self.mlp!r}")
+        if self.zero_init_head and self.tie_weights:
+            raise ValueError("zero_init_head needs tie_weights=False (a zero embedding would learn nothing)")
+        if self.vocab_multiple < 1: raise ValueError(f"vocab_multiple must be at least 1, got {self.vocab_multiple}")
+
+    @property
+    def padded_vocab_size(self) -> int: return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 # %% ../nbs/04_model.ipynb #461b104c
 PRESETS = {
@@ -56,24 +71,28 @@ def get_config(preset: str = "tiny", **overrides) -> GPTConfig:
     if bad := set(overrides) - known: raise ValueError(f"GPTConfig has no field {sorted(bad)}; fields: {sorted(known)}")
     return GPTConfig(**{**PRESETS[preset], **overrides})
 
-# %% ../nbs/04_model.ipynb #44437a78
+# %% ../nbs/04_model.ipynb #b3ff297d
+class ReLU2(nn.Module):
+    "Squared ReLU."
+    def forward(self, x): return F.relu(x).square()
+
 class MLP(nn.Module):
     "Position-wise feed-forward network: widen 4×, GELU, project back."
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.act = nn.GELU(approximate="tanh") if cfg.mlp == "gelu" else ReLU2()   # GPT-2's GELU, or ReLU²
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x): return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+    def forward(self, x): return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 class Block(nn.Module):
     "One transformer block: pre-norm attention and MLP, each added to the residual stream."
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.flash)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.flash, cfg.rope, cfg.qk_norm, cfg.block_size)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
@@ -117,16 +136,20 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)     # token embedding
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)     # learned position embedding
+        V = cfg.padded_vocab_size
+        self.wte = nn.Embedding(V, cfg.n_embd)                  # token embedding
+        self.wpe = None if cfg.rope else nn.Embedding(cfg.block_size, cfg.n_embd)   # learned positions (RoPE: none)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, V, bias=False)
         if cfg.tie_weights: self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():                 # residual projections: scaled for depth
-            if name.endswith("c_proj.weight"): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+            if name.endswith("c_proj.weight"):
+                if cfg.zero_init_proj: nn.init.zeros_(p)
+                else: nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.zero_init_head: nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, m):
         if isinstance(m, nn.Linear):
@@ -140,19 +163,25 @@ class GPT(nn.Module):
         start = kv_caches[0].len if kv_caches else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx)
+        if self.wpe is not None: x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
         for i, block in enumerate(self.h): x = block(x, kv_caches[i] if kv_caches else None)
         x = self.ln_f(x)
-        if targets is None: return self.lm_head(x[:, [-1]]), None   # generation needs the last position only
-        logits = self.lm_head(x)
+        if targets is None: return self._logits(x[:, [-1]])[..., :self.cfg.vocab_size], None   # generation: last position
+        logits = self._logits(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
+
+    def _logits(self, x):
+        logits = self.lm_head(x)
+        if self.cfg.softcap: logits = self.cfg.softcap * torch.tanh(logits / self.cfg.softcap)
+        return logits
 
     def num_params(self, non_embedding: bool = False) -> int:
         "Parameter count (shared weights once); `non_embedding` leaves out the position embedding, as GPT papers count."
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
 # %% ../nbs/04_model.ipynb #2f6afeb5
 @contextmanager

@@ -80,13 +80,26 @@ def choose_precision(device, dtype: str = "auto") -> Precision:
 
 # %% ../nbs/05_training.ipynb #1154e888
 def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.99), device="cpu",
-                        fused: bool | None = None) -> torch.optim.AdamW:
-    "AdamW with weight decay on ≥2-D parameters only; fused by default on CUDA."
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if fused is None: fused = torch.device(device).type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+                        impl: str = "auto", kind: str = "adamw", muon_lr: float = 0.02) -> torch.optim.Optimizer:
+    """AdamW with weight decay on ≥2-D parameters only (`impl`: auto = fused on CUDA; fused, foreach or forloop).
+    `kind="muon"`: Muon for the 2-D weights inside the blocks, AdamW for the rest (see the modern GPT chapter)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if kind == "muon":
+        from tiny_gpt.modern import MuonAdamW
+        hidden = lambda n, p: p.dim() == 2 and n.startswith("h.")
+        groups = [{"params": [p for n, p in named if hidden(n, p)], "muon": True, "lr": muon_lr, "weight_decay": 0.0},
+                  {"params": [p for n, p in named if p.dim() >= 2 and not hidden(n, p)], "weight_decay": weight_decay},
+                  {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}]
+        opt = MuonAdamW(groups, lr=lr, betas=betas)
+    elif kind == "adamw":
+        groups = [{"params": [p for n, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}]
+        if impl == "auto": impl = "fused" if torch.device(device).type == "cuda" else "foreach"
+        if impl not in ("fused", "foreach", "forloop"): raise ValueError(f"unknown AdamW implementation {impl!r}")
+        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=impl == "fused" or None, foreach=impl == "foreach")
+    else: raise ValueError(f"unknown optimizer {kind!r}; use adamw or muon")
+    for g in opt.param_groups: g["base_lr"] = g["lr"]   # the schedule scales every group's own peak
+    return opt
 
 # %% ../nbs/05_training.ipynb #0ee08270
 @dataclass
@@ -95,10 +108,15 @@ class TrainConfig:
     batch_size: int = 12          # sequences per micro-batch
     grad_accum_steps: int = 1     # micro-batches per optimizer step
     tokens_per_step: int = 0      # if > 0: choose grad_accum_steps to reach at least this many tokens per step
+    optimizer: str = "adamw"      # adamw, or muon (Muon for hidden matrices, AdamW for the rest)
+    adamw_impl: str = "auto"      # AdamW implementation: auto (fused on CUDA), fused, foreach or forloop
     learning_rate: float = 1e-3   # peak learning rate, reached after warmup
+    muon_lr: float = 0.02         # peak learning rate of the Muon parameters (with optimizer=muon)
     min_lr: float = 1e-4          # learning rate at the end of the cosine decay
     warmup_iters: int = 100       # steps of linear warmup from 0
-    lr_decay_iters: int = 0       # steps of cosine decay (0: until max_iters)
+    lr_decay_iters: int = 0       # step at which the decay ends (0: max_iters)
+    schedule: str = "cosine"      # cosine (warmup, cosine decay) or wsd (warmup, stable, linear decay at the end)
+    cooldown_frac: float = 0.2    # wsd: the fraction of the run spent decaying
     weight_decay: float = 0.1     # AdamW weight decay on matrices
     beta1: float = 0.9            # AdamW beta1
     beta2: float = 0.99           # AdamW beta2
@@ -127,6 +145,8 @@ class TrainConfig:
         if self.learning_rate < 0 or self.min_lr < 0: raise ValueError("learning rates must not be negative")
         if self.min_lr > self.learning_rate: raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         self.backup_dir = str(self.backup_dir or "")   # plain data, also when given a Path
+        if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "muon"): raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if str(self.compile).lower() not in ("auto", "on", "off", "true", "false", "1", "0"):
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
 
@@ -157,10 +177,14 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
     return {k: v for k, v in overrides.items() if k in mk}, {k: v for k, v in overrides.items() if k in tk}
 
 # %% ../nbs/05_training.ipynb #d92ea79f
-def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
-    "Learning rate at `step`: linear warmup to `lr` over `warmup` steps, cosine decay to `min_lr` at `decay_iters`."
+def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int, schedule: str = "cosine",
+          cooldown_frac: float = 0.2) -> float:
+    "Learning rate at `step`: linear warmup to `lr`, then cosine decay (or `wsd`: flat, then linear) to `min_lr` at `decay_iters`."
     if step < warmup: return lr * (step + 1) / warmup
     if step >= decay_iters: return min_lr
+    if schedule == "wsd":
+        start = int(decay_iters * (1 - cooldown_frac))
+        return lr if step < start else min_lr + (lr - min_lr) * (decay_iters - step) / max(1, decay_iters - start)
     ratio = (step - warmup) / max(1, decay_iters - warmup)
     return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
@@ -198,7 +222,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
         self.model = GPT(model_cfg).to(self.device)
-        self.optimizer = configure_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
+        self.optimizer = configure_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device,
+                                             cfg.adamw_impl, cfg.optimizer, cfg.muon_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         T, B = model_cfg.block_size, cfg.batch_size
         self.accum = max(cfg.grad_accum_steps, math.ceil(cfg.tokens_per_step / (B * T))) if cfg.tokens_per_step else cfg.grad_accum_steps
@@ -228,13 +253,18 @@ class Trainer:
                 f"({self.cfg.batch_size} x {self.model_cfg.block_size} x {self.accum} accumulation) | {self.data}")
 
     def lr(self, step: int | None = None) -> float:
-        c = self.cfg
-        return lr_at(self.step if step is None else step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or c.max_iters)
+        "The learning rate at `step`; with a time budget the decay ends when the budget does (estimated from the pace so far)."
+        c, step = self.cfg, self.step if step is None else step
+        horizon = c.lr_decay_iters or c.max_iters
+        if c.max_time and step > c.warmup_iters and self.run_time > 0:
+            horizon = min(horizon, int(step * c.max_time / self.run_time))
+        return lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, horizon, c.schedule, c.cooldown_frac)
 
     def train_step(self):
         "One optimizer step over `accum` micro-batches; returns the mean loss and the gradient norm, as tensors."
         self.mid_step = True
-        for g in self.optimizer.param_groups: g["lr"] = self.lr()
+        lr, peak = self.lr(), self.cfg.learning_rate
+        for g in self.optimizer.param_groups: g["lr"] = lr if g["base_lr"] == peak else g["base_lr"] * (lr / peak if peak else 0.0)
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.accum):
             x, y = self.train_batches()
