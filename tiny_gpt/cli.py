@@ -42,7 +42,7 @@ def _add_fields(parser, cls, skip=()):
 def build_parser() -> argparse.ArgumentParser:
     "The `tiny-gpt` argument parser, with its subcommands."
     p = argparse.ArgumentParser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,checkpoints,export,restore}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,bench,checkpoints,export,restore}")
 
     def data_args(sp):
         sp.add_argument("--data", default=None,
@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     sp.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
 
+    sp = sub.add_parser("bench", help="time training steps (ms, tokens/s, MFU, memory), optionally against a plain baseline",
+                        description="Time training steps of a preset on this device. Every GPTConfig and TrainConfig field is an option.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sp.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size and its training settings")
+    sp.add_argument("--steps", type=int, default=50, help="timed steps")
+    sp.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
+    sp.add_argument("--baseline", action="store_true", help="also time the plain baseline (eager, fp32, for-loop AdamW, attention by hand)")
+    sp.add_argument("--sample_tokens", type=int, default=0, help="also time generating this many tokens with and without the KV cache")
+    sp.add_argument("--json", default=None, help="write the results to this JSON file")
+    _add_fields(sp, GPTConfig, skip=("vocab_size",))
+    _add_fields(sp, TrainConfig, skip=("sample_tokens",))
+
     sp = sub.add_parser("checkpoints", help="list the checkpoints of a run", description="List the checkpoints of a run folder.")
     sp.add_argument("out_dir", help="the run folder")
     sp = sub.add_parser("export", help="export a checkpoint's weights as safetensors with config and tokenizer",
@@ -113,6 +125,12 @@ def _cmd_sample(a):
     texts = sample(a.out_dir, a.start, a.num_samples, a.max_new_tokens, a.temperature, a.top_k or None, a.top_p, a.seed, a.device, a.dtype)
     print("\n---------------\n".join(texts))
 
+def _cmd_bench(a):
+    from tiny_gpt.bench import bench
+    skip = {"command", "preset", "steps", "warmup", "baseline", "sample_tokens", "json"}
+    bench(a.preset, a.steps, a.warmup, a.baseline, a.json, sample_tokens=a.sample_tokens,
+          **{k: v for k, v in vars(a).items() if k not in skip and v is not None})
+
 def _cmd_checkpoints(a):
     from tiny_gpt.checkpoint import checkpoint_table
     print(checkpoint_table(a.out_dir))
@@ -131,7 +149,7 @@ def main(argv=None) -> int:
     "Run `tiny-gpt` with `argv` (default: the command line); returns the exit code."
     parser = build_parser()
     a = parser.parse_args(argv)
-    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "checkpoints": _cmd_checkpoints, "export": _cmd_export,
+    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "checkpoints": _cmd_checkpoints, "export": _cmd_export,
             "restore": _cmd_restore}
     try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:

@@ -62,6 +62,9 @@ PRESETS = {
     "small":            dict(n_layer=8,  n_head=8,  n_embd=320, block_size=256,  vocab_size=65,    dropout=0.1),
     "medium":           dict(n_layer=8,  n_head=8,  n_embd=640, block_size=512,  vocab_size=65,    dropout=0.1),
     "gpt2":             dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.0, bias=True),
+    # the modern GPT chapter's winner on a CPU: tiny's shape with rotary positions, QK-norm and squared ReLU
+    "speedrun-char":    dict(n_layer=4,  n_head=4,  n_embd=128, block_size=64,   vocab_size=65,    dropout=0.0,
+                             rope=True, qk_norm=True, mlp="relu2"),
 }
 
 def get_config(preset: str = "tiny", **overrides) -> GPTConfig:

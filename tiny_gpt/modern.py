@@ -10,46 +10,55 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['orthogonalize', 'MuonAdamW', 'ablate', 'ablation_table']
+__all__ = ['ABLATION_BASE', 'ABLATIONS', 'orthogonalize', 'Muon', 'MuonAdamW', 'ablate', 'ablation_table']
 
 # %% ../nbs/11_modern.ipynb #b9308970
 def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    "An approximately orthogonal matrix near `G` (its singular values pushed to about 1) by a Newton-Schulz iteration."
+    "Approximately orthogonal matrices near `G` (`(..., m, n)`; singular values pushed to about 1) by a Newton-Schulz iteration."
     a, b, c = 3.4445, -4.7750, 2.0315            # coefficients tuned for fast convergence (Keller Jordan)
     X = G.float()
-    tall = X.size(0) > X.size(1)
-    if tall: X = X.T
-    X = X / (X.norm() + 1e-7)                     # singular values now at most 1
+    tall = X.size(-2) > X.size(-1)
+    if tall: X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)   # singular values now at most 1
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
-    return (X.T if tall else X).to(G.dtype)
+    return (X.mT if tall else X).to(G.dtype)
 
-class MuonAdamW(torch.optim.Optimizer):
-    "Muon for parameter groups with `muon=True` (2-D weights), AdamW for the others."
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, momentum=0.95, ns_steps=5):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      ns_steps=ns_steps, muon=False))
+class Muon(torch.optim.Optimizer):
+    "Muon: Nesterov momentum, orthogonalised, for 2-D weights; matrices of one shape are orthogonalised in one batch."
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
 
     @torch.no_grad()
     def step(self, closure=None):
         for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None: continue
-                state = self.state[p]
-                if g["muon"]:
-                    buf = state.setdefault("momentum", torch.zeros_like(p))
-                    buf.lerp_(p.grad, 1 - g["momentum"])
-                    update = orthogonalize(p.grad.lerp(buf, g["momentum"]), g["ns_steps"])   # Nesterov momentum
-                    p.add_(update, alpha=-g["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
-                else:
-                    if not state: state.update(step=torch.zeros(()), m=torch.zeros_like(p), v=torch.zeros_like(p))
-                    b1, b2 = g["betas"]
-                    state["step"] += 1; t = state["step"].item()
-                    state["m"].lerp_(p.grad, 1 - b1); state["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                    p.mul_(1 - g["lr"] * g["weight_decay"])
-                    denom = (state["v"] / (1 - b2 ** t)).sqrt_().add_(g["eps"])
-                    p.addcdiv_(state["m"], denom, value=-g["lr"] / (1 - b1 ** t))
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps: continue
+            bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in ps]
+            grads = [p.grad for p in ps]
+            torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
+            updates = torch._foreach_lerp(grads, bufs, g["momentum"])           # Nesterov: look ahead along the momentum
+            shapes = {}
+            for i, p in enumerate(ps): shapes.setdefault(tuple(p.shape), []).append(i)
+            for (rows, cols), ids in shapes.items():
+                U = orthogonalize(torch.stack([updates[i] for i in ids]), g["ns_steps"])
+                torch._foreach_add_([ps[i] for i in ids], list(U.unbind(0)), alpha=-g["lr"] * max(1.0, rows / cols) ** 0.5)
+
+class MuonAdamW:
+    "Muon for the parameter groups marked `muon=True`, AdamW for the rest: one optimizer to step, schedule and save."
+    def __init__(self, groups, lr: float = 1e-3, betas=(0.9, 0.95), fused: bool | None = None, momentum: float = 0.95):
+        self.muon = Muon([{k: v for k, v in g.items() if k != "muon"} for g in groups if g.get("muon")], momentum=momentum)
+        self.adamw = torch.optim.AdamW([{k: v for k, v in g.items() if k != "muon"} for g in groups if not g.get("muon")],
+                                       lr=lr, betas=betas, fused=fused)
+    @property
+    def param_groups(self): return self.muon.param_groups + self.adamw.param_groups   # the schedule sets each group's lr
+    @property
+    def state(self): return {**self.muon.state, **self.adamw.state}
+    def step(self, closure=None): self.muon.step(); self.adamw.step()
+    def zero_grad(self, set_to_none: bool = True): self.muon.zero_grad(set_to_none); self.adamw.zero_grad(set_to_none)
+    def state_dict(self) -> dict: return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+    def load_state_dict(self, sd: dict): self.muon.load_state_dict(sd["muon"]); self.adamw.load_state_dict(sd["adamw"])
 
 # %% ../nbs/11_modern.ipynb #611c12bd
 def ablate(variants: dict, budget: float = 30.0, seeds=(0, 1), preset: str = "tiny", base: dict | None = None, log=print) -> list[dict]:
@@ -73,3 +82,19 @@ def ablation_table(rows: list[dict]) -> str:
     out = ["| variant | val loss (mean ± stdev) | vs. baseline | steps in budget |", "|---|---|---|---|"]
     for r in rows: out.append(f"| {r['variant']} | {r['val_loss']:.4f} ± {r['stdev']:.4f} | {r['val_loss'] - ref:+.4f} | {r['steps']:,.0f} |")
     return "\n".join(out)
+
+# %% ../nbs/11_modern.ipynb #9d49f82c
+ABLATION_BASE = dict(eval_iters=20, log_interval=50, learning_rate=3e-3, min_lr=3e-4)
+ABLATIONS = {
+    "baseline: tiny, lr 3e-3": {},
+    "rope": dict(rope=True),
+    "qk_norm": dict(qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "zero_init_proj": dict(zero_init_proj=True),
+    "untied zero-init head": dict(tie_weights=False, zero_init_head=True),
+    "softcap 30": dict(softcap=30.0),
+    "wsd schedule": dict(schedule="wsd"),
+    "muon": dict(optimizer="muon"),
+    "muon, batch 24": dict(optimizer="muon", batch_size=24),
+    "speedrun-char (all winners)": dict(rope=True, qk_norm=True, mlp="relu2", optimizer="muon", batch_size=24, schedule="wsd"),
+}
