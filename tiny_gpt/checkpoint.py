@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .core import atomic_write_json, sha256_file
-from .model import GPT, GPTConfig, clean_state_dict
+from .model import GPTConfig, clean_state_dict
 
 # %% auto #0
 __all__ = ['CheckpointError', 'Checkpoint', 'load_checkpoint', 'CheckpointManager', 'Checkpointer', 'checkpoint_table', 'export']

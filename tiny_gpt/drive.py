@@ -12,7 +12,7 @@ import drive_utils
 # %% auto #0
 __all__ = ['backup_target', 'DriveBackupCallback', 'restore_run']
 
-# %% ../nbs/08_drive_backup.ipynb #986c674d
+# %% ../nbs/08_drive_backup.ipynb #8164fb9a
 def backup_target(backup_dir, out_dir) -> Path:
     "Where the run in `out_dir` is backed up: `backup_dir/<run folder name>`; `drive` is Google Drive (mounted on first use)."
     if str(backup_dir) == "drive":

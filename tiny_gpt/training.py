@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, random, signal, sys, time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .core import atomic_open, atomic_write_json, seed_everything
 from .data import BatchSampler, TextData, prepare_data
-from .model import GPT, GPTConfig, PRESETS, clean_state_dict, evaluating, flops_per_token, get_config
+from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, get_config
 from .tokenization import Tokenizer
 
 # %% auto #0
