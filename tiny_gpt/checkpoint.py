@@ -165,7 +165,7 @@ class Checkpointer:
             trainer.log(f"saved an emergency checkpoint at step {ck.step} ({ck.path}). Resume with: "
                         f"tiny-gpt train --out_dir {out_dir} --resume latest   (in Python: train(out_dir=..., resume='latest'))")
 
-# %% ../nbs/07_checkpoints.ipynb #f6004c8e
+# %% ../nbs/07_checkpoints.ipynb #46233477
 def checkpoint_table(out_dir) -> str:
     "A table of the checkpoints in `out_dir`: step, epoch, losses, perplexity, training time, size, latest and best."
     m = CheckpointManager(out_dir)
@@ -184,7 +184,7 @@ def checkpoint_table(out_dir) -> str:
                     f"{', '.join(mark + [t for t in c.tags if t not in mark])}")
     return "\n".join(rows)
 
-# %% ../nbs/07_checkpoints.ipynb #0fd81de4
+# %% ../nbs/07_checkpoints.ipynb #a13cfea1
 def export(out_dir, dest, which: str = "best") -> Path:
     "Write the weights of checkpoint `which` as safetensors, with config.json and tokenizer.json, into `dest`."
     from safetensors.torch import save_file

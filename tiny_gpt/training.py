@@ -368,7 +368,10 @@ class Trainer:
                 if self.step % c.log_interval == 0 or last:
                     if not finite.item(): self._diverged(loss.item())   # the one device sync, every log_interval steps
                     dt = time.perf_counter() - t_win
-                    self._log_row(loss_sum / n, norm, n, dt); bar.update(n); bar.set_postfix(self._postfix(), refresh=False)
+                    self._log_row(loss_sum / n, norm, n, dt)
+                    if c.max_time and self.run_time > 0:   # a time budget: the bar's total is the steps the budget allows
+                        bar.total = min(c.max_iters, max(self.step, int(self.step * c.max_time / self.run_time)))
+                    bar.update(n); bar.set_postfix(self._postfix(), refresh=False)
                     loss_sum.zero_(); n = 0
                     t_win = time.perf_counter()
                 if (self.step % c.eval_interval == 0 or last) and not self._stop_requested:
@@ -501,6 +504,9 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
             path = manager.resolve("latest" if resume == "auto" else resume, missing_ok=resume == "auto")
         else: path = Path(resume)
         if path is not None: state = load_checkpoint(path)
+    if state is None and manager is not None and (old := manager.list()):   # never mix two runs in one folder
+        raise ValueError(f"{out_dir} already holds the checkpoints of a run (up to step {old[-1].step:,}). Continue it with "
+                         f"--resume latest (resume='latest'), or train into another --out_dir")
     if state is not None:   # the run's own settings, then what was asked for now (e.g. more max_iters)
         saved = GPTConfig(**state["model_config"])
         if any(getattr(saved, k) != v for k, v in model_kw.items()):
