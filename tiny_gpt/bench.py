@@ -39,7 +39,7 @@ def time_steps(trainer: Trainer, steps: int = 30, warmup: int = 5) -> dict:
     tps = trainer.tokens_per_step / (med / 1000)
     mem, mem_kind = _peak_memory(trainer.device)
     return {"ms_median": med, "ms_p10": q[0], "ms_p90": q[-1], "ms_min": min(ms), "tokens_per_s": tps,
-            "mfu": tps * trainer._flops_per_step / trainer.tokens_per_step / trainer._peak if trainer._peak else None,
+            "mfu": trainer.mfu(tps),
             "peak_memory_bytes": mem, "peak_memory_kind": mem_kind, "steps": steps, "warmup": warmup}
 
 # %% ../nbs/09_speed.ipynb #11d73081

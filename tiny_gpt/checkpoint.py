@@ -22,6 +22,12 @@ class CheckpointError(ValueError):
 
 _CKPT = re.compile(r"^ckpt_(\d+)\.pt$")
 
+def _ranked(ckpts) -> list:
+    "The evaluated checkpoints, best first: lowest val loss, the newest on a tie."
+    return sorted((c for c in ckpts if c.val_loss is not None), key=lambda c: (c.val_loss, -c.step))
+
+def _best(ckpts): return next(iter(_ranked(ckpts)), None)
+
 @dataclass
 class Checkpoint:
     "A checkpoint file and its sidecar metadata."
@@ -58,9 +64,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 # %% ../nbs/07_checkpoints.ipynb #e58b5576
 class CheckpointManager:
     "The checkpoints of the run in `out_dir` (kept in `out_dir/checkpoints`)."
-    def __init__(self, out_dir, keep_last: int = 3, log=print):
+    def __init__(self, out_dir, keep_last: int = 3):
         self.dir = Path(out_dir) / "checkpoints"
-        self.keep_last, self.log = keep_last, log
+        self.keep_last = keep_last
         self.dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.dir.glob(".ckpt_*.tmp"): tmp.unlink(missing_ok=True)   # left by a crash during a save
 
@@ -81,11 +87,10 @@ class CheckpointManager:
         step = state["step"]
         path, mp = self.dir / f"ckpt_{step:07d}.pt", self._meta_path(step)
         existing = next((c for c in self.list() if c.step == step), None)
-        if existing and existing.verify() is None:   # same step already saved: add the tags
+        if existing and existing.path.stat().st_size == existing.meta["size"]:   # same step saved just now: add the tags
             existing.meta["tags"] = sorted(set(existing.tags) | set(tags))
             atomic_write_json(mp, existing.meta)
             return existing
-        t0 = time.perf_counter()
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".ckpt_{step:07d}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -96,10 +101,8 @@ class CheckpointManager:
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True); raise
-        ckpt = Checkpoint(path, meta)
-        ckpt.meta["save_seconds"] = time.perf_counter() - t0
         self.rotate()
-        return ckpt
+        return Checkpoint(path, meta)
 
     def resolve(self, which: str = "latest", missing_ok: bool = False) -> Path | None:
         "The path of the newest valid `latest`, the valid `best`, or a given file; damaged files are skipped with a warning."
@@ -109,7 +112,7 @@ class CheckpointManager:
             return p
         ckpts = self.list()
         if which == "latest": order = sorted(ckpts, key=lambda c: -c.step)
-        else: order = sorted((c for c in ckpts if c.val_loss is not None), key=lambda c: (c.val_loss, -c.step))
+        else: order = _ranked(ckpts)
         for c in order:
             if (problem := c.verify()) is None: return c.path
             warnings.warn(f"skipping checkpoint {c.path.name}: {problem}")
@@ -123,8 +126,7 @@ class CheckpointManager:
         if not ckpts: return
         keep = {c.step for c in ckpts[-self.keep_last:]} if self.keep_last > 0 else set()
         keep.add(ckpts[-1].step)
-        scored = [c for c in ckpts if c.val_loss is not None]
-        if scored: keep.add(min(scored, key=lambda c: (c.val_loss, -c.step)).step)
+        if best := _best(ckpts): keep.add(best.step)
         for c in ckpts:
             if c.step not in keep:
                 c.path.unlink(missing_ok=True)             # the .pt first: a sidecar alone is ignored
@@ -171,9 +173,7 @@ def checkpoint_table(out_dir) -> str:
     m = CheckpointManager(out_dir)
     ckpts = m.list()
     if not ckpts: return f"no checkpoints in {m.dir}"
-    latest = ckpts[-1].step
-    scored = [c for c in ckpts if c.val_loss is not None]
-    best = min(scored, key=lambda c: (c.val_loss, -c.step)).step if scored else None
+    latest, best = ckpts[-1].step, getattr(_best(ckpts), "step", None)
     f = lambda v, spec: format(v, spec) if v is not None else "-"
     rows = [f"{'step':>8} {'epoch':>7} {'train loss':>10} {'val loss':>9} {'val ppl':>8} {'time':>8} {'size':>10}  tags"]
     for c in ckpts:

@@ -5,7 +5,7 @@
 # %% ../nbs/04_model.ipynb #e8f51c6c
 from __future__ import annotations
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -16,7 +16,7 @@ from .attention import CausalSelfAttention
 
 # %% auto #0
 __all__ = ['PRESETS', 'GPTConfig', 'get_config', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sample_next', 'GPT', 'evaluating',
-           'generate', 'clean_state_dict', 'flops_per_token']
+           'generate', 'generate_text', 'clean_state_dict', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -213,7 +213,17 @@ def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top
 
 GPT.generate = generate
 
-# %% ../nbs/04_model.ipynb #1af20ed3
+def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, num_samples: int = 1, temperature: float = 0.8,
+                  top_k: int | None = None, top_p: float | None = None, seed: int = 0, autocast=None) -> list[str]:
+    "Decode `num_samples` continuations of the text `prompt` (an empty prompt starts from the end-of-text token)."
+    dev = next(model.parameters()).device
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+    g = torch.Generator(dev).manual_seed(seed)
+    with autocast or nullcontext():
+        out = model.generate(torch.tensor([ids] * num_samples, device=dev), max_new_tokens, temperature, top_k, top_p, generator=g)
+    return [tokenizer.decode(row[len(ids):].tolist()) for row in out]
+
+# %% ../nbs/04_model.ipynb #9aefa9ac
 def clean_state_dict(state: dict) -> dict:
     "Strip the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes from parameter names."
     def clean(k: str) -> str:
@@ -221,7 +231,7 @@ def clean_state_dict(state: dict) -> dict:
         return k.replace("._orig_mod.", ".")
     return {clean(k): v for k, v in state.items()}
 
-# %% ../nbs/04_model.ipynb #2d3e0851
+# %% ../nbs/04_model.ipynb #db798169
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
     "Training FLOPs per token: 6 per non-embedding parameter plus attention's 12·L·C·T (PaLM, appendix B)."
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .model import GPT, GPTConfig, clean_state_dict
+from .model import GPT, GPTConfig, clean_state_dict, generate_text
 from .tokenization import Tokenizer
 from .training import choose_device, choose_precision
 
@@ -44,11 +44,7 @@ def sample(out_dir, start: str = "\n", num_samples: int = 1, max_new_tokens: int
     if num_samples < 1 or max_new_tokens < 0: raise ValueError("num_samples must be at least 1 and max_new_tokens at least 0")
     if temperature < 0: raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
     model, tok, _ = load_run(out_dir, device)
-    dev = next(model.parameters()).device
     if start.startswith("FILE:"): start = Path(start[5:]).read_text(encoding="utf-8")
-    ids = tok.encode(start) or [tok.eot_id if tok.eot_id is not None else 0]
-    x = torch.tensor([ids] * num_samples, device=dev)
-    g = torch.Generator(dev).manual_seed(seed)
-    with choose_precision(dev, dtype).autocast():
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=g)
-    return [start + tok.decode(row[len(ids):].tolist()) for row in y]
+    autocast = choose_precision(next(model.parameters()).device, dtype).autocast()
+    texts = generate_text(model, tok, start, max_new_tokens, num_samples, temperature, top_k, top_p, seed, autocast)
+    return [start + t for t in texts]

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .core import atomic_open, atomic_write_json, seed_everything
 from .data import BatchSampler, TextData, prepare_data
-from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, get_config
+from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, generate_text, get_config
 from .tokenization import Tokenizer
 
 # %% auto #0
@@ -84,18 +84,18 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=
     """AdamW with weight decay on ≥2-D parameters only (`impl`: auto = fused on CUDA and CPU; fused, foreach or forloop).
     `kind="muon"`: Muon for the 2-D weights inside the blocks, AdamW for the rest (see the modern GPT chapter)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if impl == "auto": impl = "fused" if torch.device(device).type in ("cuda", "cpu") else "foreach"   # measured fastest
+    if impl not in ("fused", "foreach", "forloop"): raise ValueError(f"unknown AdamW implementation {impl!r}")
     if kind == "muon":
         from tiny_gpt.modern import MuonAdamW
         hidden = lambda n, p: p.dim() == 2 and n.startswith("h.")
         groups = [{"params": [p for n, p in named if hidden(n, p)], "muon": True, "lr": muon_lr},
                   {"params": [p for n, p in named if p.dim() >= 2 and not hidden(n, p)], "weight_decay": weight_decay},
                   {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}]
-        opt = MuonAdamW(groups, lr=lr, betas=betas, fused=torch.device(device).type in ("cuda", "cpu") or None)
+        opt = MuonAdamW(groups, lr=lr, betas=betas, fused=impl == "fused" or None)   # its AdamW half
     elif kind == "adamw":
         groups = [{"params": [p for n, p in named if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0}]
-        if impl == "auto": impl = "fused" if torch.device(device).type in ("cuda", "cpu") else "foreach"   # measured fastest
-        if impl not in ("fused", "foreach", "forloop"): raise ValueError(f"unknown AdamW implementation {impl!r}")
         opt = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=impl == "fused" or None, foreach=impl == "foreach")
     else: raise ValueError(f"unknown optimizer {kind!r}; use adamw or muon")
     for g in opt.param_groups: g["base_lr"] = g["lr"]   # the schedule scales every group's own peak
@@ -194,7 +194,7 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_iters: int, sc
 
 # %% ../nbs/05_training.ipynb #69371208
 PEAK_FLOPS = [  # (substring of torch.cuda.get_device_name(), dense bf16/fp16 tensor-core FLOP/s); first match wins
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
     ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12),
     ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
 ]
@@ -245,8 +245,12 @@ class Trainer:
         self.mid_step = False         # True while a step is half done (then its state is no checkpoint)
         self._eval_seconds = 0.0      # how long the last evaluation took: a time budget keeps room for the final one
         self._t_start = None
-        self._flops_per_step = flops_per_token(model_cfg, self.model.num_params(non_embedding=True)) * self.tokens_per_step
+        self._flops_per_token = flops_per_token(model_cfg, self.model.num_params(non_embedding=True))
         self._peak = peak_flops(self.device)
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        "Model FLOPs utilisation at `tokens_per_s`, or None where the device's peak is unknown (CPU, MPS)."
+        return tokens_per_s * self._flops_per_token / self._peak if self._peak else None
 
     def describe(self) -> str:
         "One paragraph on what this run will do and on what hardware, printed at the start of `fit`."
@@ -303,12 +307,8 @@ class Trainer:
     def sample(self, prompt: str | None = None, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
                seed: int = 0) -> str:
         "Generate text from `prompt` with the model as it is now (its own generator: the run's randomness is untouched)."
-        tok = self.data.tokenizer
-        ids = tok.encode(self.cfg.sample_prompt if prompt is None else prompt) or [tok.eot_id or 0]
-        g = torch.Generator(self.device).manual_seed(seed)
-        with self.precision.autocast():
-            out = self.model.generate(torch.tensor([ids], device=self.device), max_new_tokens, temperature, top_k, generator=g)
-        return tok.decode(out[0, len(ids):].tolist())
+        return generate_text(self.model, self.data.tokenizer, self.cfg.sample_prompt if prompt is None else prompt,
+                             max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, autocast=self.precision.autocast())[0]
 
     def _eval_and_log(self, bar):
         t0 = time.perf_counter()
@@ -401,7 +401,7 @@ class Trainer:
         tps = n * self.tokens_per_step / dt
         row = {"step": self.step, "loss": loss.item(), "lr": self.lr(self.step - 1), "grad_norm": norm.item(),
                "ms_per_step": 1000 * dt / n, "tokens_per_s": tps,
-               "mfu": tps * self._flops_per_step / self.tokens_per_step / self._peak if self._peak else None}
+               "mfu": self.mfu(tps)}
         self.history["train"].append(row)
         if not self.cfg.progress:
             self.log(f"step {row['step']}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, grad norm {row['grad_norm']:.2f}, "
@@ -458,8 +458,9 @@ def _trainer_state_dict(self: Trainer) -> dict:
 
 def _trainer_load_state_dict(self: Trainer, state: dict):
     "Continue from `state_dict()`: the next step is the one the saved run would have taken."
-    if state["model_config"] != asdict(self.model_cfg):
-        diff = {k: (v, asdict(self.model_cfg)[k]) for k, v in state["model_config"].items() if asdict(self.model_cfg).get(k) != v}
+    now = asdict(self.model_cfg)
+    if state["model_config"] != now:
+        diff = {k: (v, now.get(k)) for k, v in state["model_config"].items() if now.get(k) != v}
         raise ValueError(f"the checkpoint is of a different model (saved vs now: {diff}); resume with the same model settings")
     if state["tokenizer"] != self.data.tokenizer.fingerprint:
         raise ValueError("the checkpoint was trained with a different tokenizer; resume with the run's own tokenizer.json")
