@@ -31,6 +31,8 @@ class BackupError(OSError):
 TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.EBUSY, errno.EINTR, errno.ESTALE}
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
+# sha256_file and _write_json_atomic repeat tiny_gpt.core's on purpose: drive_utils must import with the standard
+# library alone, so that a Colab cell can restore from Drive before torch or tiny_gpt is installed.
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "Hex sha256 of a file."
     h = hashlib.sha256()
@@ -71,7 +73,7 @@ class DriveBackup:
         if background:
             self._stage = Path(tempfile.mkdtemp(prefix="drive_backup_stage_"))
             self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._worker, name="drive-backup", daemon=True)
+            self._thread = threading.Thread(target=self._worker, args=(self._queue,), name="drive-backup", daemon=True)
             self._thread.start()
 
     @property
@@ -98,12 +100,13 @@ class DriveBackup:
         self._queue.put((staged, name))
         return None
 
-    def _worker(self):
-        while True:
-            staged, name = self._queue.get()
+    def _worker(self, q: queue.Queue):
+        while (item := q.get()) is not None:   # None: close() asks the worker to end
+            staged, name = item
             try: self._copy(staged, name)
             finally:
-                staged.unlink(missing_ok=True); self._queue.task_done()
+                staged.unlink(missing_ok=True); q.task_done()
+        q.task_done()
 
     def flush(self, timeout: float | None = None) -> bool:
         "Wait until every queued copy is done (True), or `timeout` seconds pass (False)."
@@ -154,10 +157,19 @@ class DriveBackup:
                     (self.target / other).unlink(missing_ok=True); m.pop(other, None)
             if drop: _write_json_atomic(self.manifest_path, m)
 
-    def close(self):
-        "Flush, and stop the background worker."
-        self.flush()
-        if self._queue is not None: shutil.rmtree(self._stage, ignore_errors=True)
+    def close(self, wait: bool = True):
+        "Wait for the queued copies (unless `wait=False`), stop the worker, delete the staging folder; later copies are synchronous."
+        if self._queue is None: return
+        queue_, thread, self._queue, self._thread = self._queue, self._thread, None, None
+        try:
+            if wait:
+                while queue_.unfinished_tasks: time.sleep(0.01)
+        finally:   # also when a second Ctrl+C cuts the wait short: nothing is left in the temporary folder
+            queue_.put(None); thread.join(timeout=None if wait else 1.0)
+            shutil.rmtree(self._stage, ignore_errors=True)
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 def restore(target, local_dir, pattern: str = "*ckpt_*.pt", log=print) -> Path | None:
     "Copy the newest valid checkpoint in `target` (and its companions) into `local_dir`; return its local path or None."

@@ -4,62 +4,58 @@
 
 # %% ../nbs/09_speed.ipynb #d4312be7
 from __future__ import annotations
-import resource, statistics, sys, time
+import statistics, time
 
 import torch
 
 from .core import atomic_write_json
 from .data import prepare_data
-from .model import get_config
-from .training import TRAIN_PRESETS, TrainConfig, Trainer, split_overrides
+from .device import peak_memory, set_tf32, sync
+from .training import Trainer
+from .runner import get_preset
 
 # %% auto #0
 __all__ = ['BASELINE', 'time_steps', 'bench', 'sampling_speed']
 
 # %% ../nbs/09_speed.ipynb #87d27d7d
-def _sync(device):
-    if device.type == "cuda": torch.cuda.synchronize(device)
-    elif device.type == "mps": torch.mps.synchronize()
-
-def _peak_memory(device) -> tuple[int, str]:
-    if device.type == "cuda": return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"
-
 def time_steps(trainer: Trainer, steps: int = 30, warmup: int = 5) -> dict:
     "Time `steps` training steps of `trainer` after `warmup` untimed ones (the device synchronised around each)."
     for _ in range(warmup): trainer.train_step()
     if trainer.device.type == "cuda": torch.cuda.reset_peak_memory_stats(trainer.device)
-    _sync(trainer.device)
+    sync(trainer.device)
     ms = []
     for _ in range(steps):
-        t0 = time.perf_counter(); trainer.train_step(); _sync(trainer.device); ms.append(1000 * (time.perf_counter() - t0))
+        t0 = time.perf_counter(); trainer.train_step(); sync(trainer.device); ms.append(1000 * (time.perf_counter() - t0))
     q = statistics.quantiles(ms, n=10) if len(ms) >= 2 else [ms[0]] * 9
     med = statistics.median(ms)
     tps = trainer.tokens_per_step / (med / 1000)
-    mem, mem_kind = _peak_memory(trainer.device)
+    mem, mem_kind = peak_memory(trainer.device)
     return {"ms_median": med, "ms_p10": q[0], "ms_p90": q[-1], "ms_min": min(ms), "tokens_per_s": tps,
             "mfu": trainer.mfu(tps),
             "peak_memory_bytes": mem, "peak_memory_kind": mem_kind, "steps": steps, "warmup": warmup}
 
 # %% ../nbs/09_speed.ipynb #11d73081
-BASELINE = dict(flash=False, dtype="fp32", compile="off", adamw_impl="forloop")
+BASELINE = dict(flash=False, dtype="fp32", compile=False, adamw_impl="forloop")   # and TF32 off
 
 def bench(preset: str = "tiny", steps: int = 30, warmup: int = 5, baseline: bool = False, json_path=None,
           tokenizer: str | None = None, sample_tokens: int = 0, log=print, **overrides) -> dict:
     "Time training steps of `preset` (with `overrides`) on this device; optionally against the plain baseline; write JSON."
-    model_kw, train_kw = split_overrides(overrides)
-    tokenizer = tokenizer or ("gpt2" if get_config(preset).vocab_size > 256 else "char")
+    model_cfg, _ = get_preset(preset, **overrides)   # bad names fail before the data work
+    tokenizer = tokenizer or ("gpt2" if model_cfg.vocab_size > 256 else "char")
     data = prepare_data("tinyshakespeare", tokenizer, progress=False)
-    def run(extra_model: dict, extra_train: dict) -> tuple[dict, Trainer]:
-        cfg = TrainConfig(**{**TRAIN_PRESETS.get(preset, {}), "progress": False, "sample_tokens": 0, **train_kw, **extra_train})
-        t = Trainer(get_config(preset, **{**model_kw, **extra_model}), cfg, data, log=lambda *a: None)
-        r = time_steps(t, steps, warmup)
+    def run(extra: dict, tf32: bool) -> tuple[dict, Trainer]:
+        model_cfg, train_cfg = get_preset(preset, **{"progress": False, "sample_tokens": 0, **overrides, **extra})
+        old = set_tf32(tf32)
+        try:
+            t = Trainer(model_cfg, train_cfg, data, log=lambda *a: None)
+            r = time_steps(t, steps, warmup)
+        finally: set_tf32(old)
         r.update(device=str(t.device), device_name=torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else t.device.type,
-                 precision=t.precision.name, compiled=t.compiled, flash=t.model_cfg.flash, adamw_impl=cfg.adamw_impl,
-                 params=t.model.num_params(), tokens_per_step=t.tokens_per_step, threads=torch.get_num_threads())
+                 precision=t.precision.name, compiled=t.compiled, flash=t.model_cfg.flash, adamw_impl=train_cfg.adamw_impl,
+                 tf32=tf32 and t.device.type == "cuda", params=t.model.num_params(), tokens_per_step=t.tokens_per_step,
+                 threads=torch.get_num_threads())
         return r, t
-    result, trainer = run({}, {})
+    result, trainer = run({}, tf32=True)
     out = {"preset": preset, "overrides": overrides, "torch": torch.__version__, "result": result}
     log(_line("tiny_gpt", result))
     if sample_tokens:
@@ -67,8 +63,7 @@ def bench(preset: str = "tiny", steps: int = 30, warmup: int = 5, baseline: bool
         log(f"sampling {sample_tokens} tokens: {out['sampling']['with_cache']:,.0f} tokens/s with the KV cache, "
             f"{out['sampling']['without_cache']:,.0f} without ({out['sampling']['speedup']:.2f}x)")
     if baseline:
-        b_model, b_train = split_overrides(BASELINE)
-        out["baseline"], _ = run(b_model, b_train)
+        out["baseline"], _ = run(BASELINE, tf32=False)
         out["speedup"] = out["baseline"]["ms_median"] / result["ms_median"]
         log(_line("baseline", out["baseline"]))
         log(f"speedup over the baseline: {out['speedup']:.2f}x")
@@ -78,8 +73,9 @@ def bench(preset: str = "tiny", steps: int = 30, warmup: int = 5, baseline: bool
 def _line(name: str, r: dict) -> str:
     mfu = f"MFU {r['mfu']:.1%}" if r["mfu"] else "MFU n/a"
     return (f"{name:9s} {r['device_name']} {r['precision']} compile={'on' if r['compiled'] else 'off'} flash={r['flash']} "
-            f"adamw={r['adamw_impl']}: {r['ms_median']:.2f} ms/step (p10 {r['ms_p10']:.2f}, p90 {r['ms_p90']:.2f}), "
-            f"{r['tokens_per_s']:,.0f} tokens/s, {mfu}, peak memory {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']})")
+            f"adamw={r['adamw_impl']}{' tf32' if r['tf32'] else ''}: {r['ms_median']:.2f} ms/step (p10 {r['ms_p10']:.2f}, "
+            f"p90 {r['ms_p90']:.2f}), {r['tokens_per_s']:,.0f} tokens/s, {mfu}, peak memory "
+            f"{r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']})")
 
 # %% ../nbs/09_speed.ipynb #69ff1428
 @torch.no_grad()
@@ -90,8 +86,8 @@ def sampling_speed(model, max_new_tokens: int | None = None, batch: int = 1) -> 
     x = torch.zeros(batch, 1, dtype=torch.long, device=dev)
     res = {}
     for name, cache in (("with_cache", True), ("without_cache", False)):
-        model.generate(x, 8, temperature=0, use_cache=cache); _sync(dev)            # warm-up
-        t0 = time.perf_counter(); model.generate(x, max_new_tokens, temperature=0, use_cache=cache); _sync(dev)
+        model.generate(x, 8, temperature=0, use_cache=cache); sync(dev)             # warm-up
+        t0 = time.perf_counter(); model.generate(x, max_new_tokens, temperature=0, use_cache=cache); sync(dev)
         res[name] = batch * max_new_tokens / (time.perf_counter() - t0)
     res["speedup"] = res["with_cache"] / res["without_cache"]
     return res

@@ -4,20 +4,21 @@
 
 # %% ../nbs/07_checkpoints.ipynb #829e601c
 from __future__ import annotations
-import json, os, pickle, re, tempfile, time, warnings
+import json, os, re, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .core import atomic_write_json, sha256_file
+from .core import LoadError, atomic_write_json, safe_load, sha256_file
 from .model import GPTConfig, clean_state_dict
+from .training import Callback
 
 # %% auto #0
-__all__ = ['CheckpointError', 'Checkpoint', 'load_checkpoint', 'CheckpointManager', 'Checkpointer', 'checkpoint_table', 'export']
+__all__ = ['CheckpointError', 'Checkpoint', 'CheckpointManager', 'Checkpointer', 'checkpoint_table', 'export']
 
 # %% ../nbs/07_checkpoints.ipynb #9e7fd3e4
-class CheckpointError(ValueError):
+class CheckpointError(LoadError):
     "A checkpoint could not be found, verified or safely loaded."
 
 _CKPT = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -47,19 +48,6 @@ class Checkpoint:
         if size != self.meta.get("size"): return f"size {size:,} bytes, expected {self.meta.get('size'):,} (truncated?)"
         if sha256_file(self.path) != self.meta.get("sha256"): return "sha256 does not match (corrupted)"
         return None
-
-# %% ../nbs/07_checkpoints.ipynb #6a4816ba
-def load_checkpoint(path, map_location="cpu") -> dict:
-    "Load a checkpoint with `weights_only=True`; a file with pickled objects is refused and never run."
-    path = Path(path)
-    if not path.is_file(): raise CheckpointError(f"no checkpoint file at {path}")
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refused to load {path}: it holds pickled Python objects, which could run code when loaded "
-                              f"(tiny_gpt checkpoints hold only tensors and plain data). If you trust its source, "
-                              f"inspect it yourself with torch.load(weights_only=False). Detail: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted?): {str(e).splitlines()[0]}") from None
 
 # %% ../nbs/07_checkpoints.ipynb #e58b5576
 class CheckpointManager:
@@ -134,19 +122,20 @@ class CheckpointManager:
 
     def load(self, which: str = "latest") -> dict:
         "The state of the `latest`, `best` or given checkpoint."
-        return load_checkpoint(self.resolve(which))
+        return safe_load(self.resolve(which), what="checkpoint")
 
 # %% ../nbs/07_checkpoints.ipynb #8504d40c
-class Checkpointer:
+class Checkpointer(Callback):
     "Training callback that saves periodic, best and final or emergency checkpoints through a `CheckpointManager`."
-    def __init__(self, manager: CheckpointManager, save_every: int = 0, on_save=()):
-        self.manager, self.save_every, self.on_save = manager, save_every, list(on_save)   # on_save(ckpt, trainer): e.g. a backup
+    order = 50   # after the callbacks that report an evaluation, before those that copy the files (the backup)
+    def __init__(self, manager: CheckpointManager, save_every: int = 0):
+        self.manager, self.save_every = manager, save_every
 
     def _save(self, trainer, tags):
         last = trainer.history["eval"][-1] if trainer.history["eval"] else {}
         metrics = {k: last.get(k) for k in ("train_loss", "val_loss", "val_ppl")} if last.get("step") == trainer.step else {}
         ckpt = self.manager.save(trainer.state_dict(), tags, metrics)
-        for fn in self.on_save: fn(ckpt, trainer)
+        trainer.callback("on_checkpoint", ckpt)
         return ckpt
 
     def on_step(self, trainer):
@@ -159,13 +148,17 @@ class Checkpointer:
 
     def on_stop(self, trainer):
         out_dir = self.manager.dir.parent
+        resume = f"tiny-gpt train --out_dir {out_dir} --resume latest"
+        if trainer.stop_reason == "diverged":
+            trainer.log(f"the loss diverged: nothing saved, the last checkpoint is the last good state. Resume it with: {resume}"); return
         if trainer.mid_step:
             trainer.log(f"stopped in the middle of step {trainer.step + 1}: nothing saved. Resume from the last checkpoint "
-                        f"with: tiny-gpt train --out_dir {out_dir} --resume latest"); return
-        ck = self._save(trainer, ["emergency" if trainer.stop_reason == "interrupted" else "final"])
-        if trainer.stop_reason == "interrupted":
+                        f"with: {resume}"); return
+        emergency = trainer.stop_reason in ("interrupted", "error")
+        ck = self._save(trainer, ["emergency" if emergency else "final"])
+        if emergency:
             trainer.log(f"saved an emergency checkpoint at step {ck.step} ({ck.path}). Resume with: "
-                        f"tiny-gpt train --out_dir {out_dir} --resume latest   (in Python: train(out_dir=..., resume='latest'))")
+                        f"{resume}   (in Python: train(out_dir=..., resume='latest'))")
 
 # %% ../nbs/07_checkpoints.ipynb #46233477
 def checkpoint_table(out_dir) -> str:

@@ -8,9 +8,11 @@ import argparse, inspect, re, sys
 from dataclasses import MISSING, fields
 
 from .data import DownloadError, prepare_data
-from .model import GPTConfig, PRESETS
+from .model import GPTConfig
 from .tokenization import TOKENIZERS
-from .training import DeviceError, TrainConfig, TrainingDiverged
+from .device import DeviceError
+from .training import TrainConfig, TrainingDiverged
+from .runner import PRESETS, auto_preset, train
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -26,15 +28,22 @@ def _parse_bool(s: str) -> bool:
     if str(s).lower() in ("0", "false", "no", "off"): return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
+def _parse_compile(s: str) -> bool | None:
+    if str(s).lower() in ("auto", "on", "off"): return {"auto": None, "on": True, "off": False}[str(s).lower()]
+    raise argparse.ArgumentTypeError(f"expected auto, on or off, got {s!r}")
+
 def _add_fields(parser, cls, skip=()):
     docs = _field_docs(cls)
     group = parser.add_argument_group(f"{cls.__name__} (defaults shown; a preset may set others)")
     for f in fields(cls):
         if f.name in skip: continue
         default = f.default if f.default is not MISSING else None
+        if f.name == "compile":   # True, False or None: on, off or auto
+            group.add_argument("--compile", type=_parse_compile, nargs="?", const=True, metavar="{auto,on,off}",
+                               help=f"{docs.get(f.name, '')} (default: auto)")
+            continue
         typ = {"int": int, "float": float, "str": str, "bool": _parse_bool}[f.type if isinstance(f.type, str) else f.type.__name__]
         extra = dict(nargs="?", const=True) if typ is _parse_bool else {}
-        if f.name == "compile": extra = dict(nargs="?", const="on", choices=["auto", "on", "off", "true", "false"])
         group.add_argument(f"--{f.name}", type=typ, default=None, metavar=f.name.upper() if not extra else None,
                            help=f"{docs.get(f.name, '')} (default: {default!r})", **extra)
 
@@ -48,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", default=None,
                         help="text to train on: tinyshakespeare, a UTF-8 text file, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]] (default: tinyshakespeare)")
         sp.add_argument("--tokenizer", default=None, choices=TOKENIZERS, help="char, gpt2 (tiktoken) or bpe (trained on --data) (default: char)")
-        sp.add_argument("--vocab_size", type=int, default=8192, help="vocabulary size of the bpe tokenizer (default: 8192)")
+        sp.add_argument("--bpe_vocab_size", type=int, default=8192, help="vocabulary size of the bpe tokenizer (default: 8192)")
         sp.add_argument("--cache_dir", default=None, help="cache folder for downloads and token ids (default: $TINY_GPT_CACHE or ~/.cache/tiny_gpt)")
 
     sp = sub.add_parser("prepare", help="download, tokenize and cache the data; print sizes",
@@ -59,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a GPT. Every GPTConfig and TrainConfig field is an option (--key=value).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sp.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
-                    help="model size and its training settings; auto: shakespeare-char on CUDA, small on MPS, tiny on CPU")
+                    help="model size and its training settings; auto: " + ", ".join(f"{auto_preset(d)} on {d.upper()}" for d in ("cuda", "mps", "cpu"))
+                         + ". " + "; ".join(f"{k}: {p.about}" for k, p in PRESETS.items()))
     sp.add_argument("--out_dir", default="out", help="folder for model.pt, config.json, tokenizer.json and history.json")
     sp.add_argument("--final_sample", type=int, default=500, help="tokens to sample and print after training (0: none)")
     sp.add_argument("--resume", default=None, help="continue a run: latest, best, auto (latest if any, else start) or a checkpoint path")
@@ -107,18 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/10_cli.ipynb #564eaf8d
 def _cmd_prepare(a):
-    d = prepare_data(a.data or "tinyshakespeare", a.tokenizer or "char", cache_dir=a.cache_dir, vocab_size=a.vocab_size)
+    d = prepare_data(a.data or "tinyshakespeare", a.tokenizer or "char", cache_dir=a.cache_dir, bpe_vocab_size=a.bpe_vocab_size)
     print(d)
     for split in ("train", "val"):
         arr = getattr(d, split)
         print(f"{split:5s} {len(arr):>12,} tokens  {arr.nbytes:>12,} bytes ({arr.dtype})  {arr.filename}")
 
 def _cmd_train(a):
-    from tiny_gpt.training import train
-    skip = {"command", "preset", "out_dir", "final_sample", "data", "tokenizer", "vocab_size", "cache_dir", "resume"}
+    skip = {"command", "preset", "out_dir", "final_sample", "data", "tokenizer", "bpe_vocab_size", "cache_dir", "resume"}
     overrides = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
     train(a.preset, data=a.data, tokenizer=a.tokenizer, out_dir=a.out_dir, cache_dir=a.cache_dir,
-          vocab_size=a.vocab_size, final_sample=a.final_sample, resume=a.resume, **overrides)
+          bpe_vocab_size=a.bpe_vocab_size, final_sample=a.final_sample, resume=a.resume, **overrides)
 
 def _cmd_sample(a):
     from tiny_gpt.sampling import sample

@@ -139,15 +139,15 @@ class TextData:
                 f"train {len(self.train):,} tokens, val {len(self.val):,} tokens)")
 
 def prepare_data(source: str = "tinyshakespeare", tokenizer: str | Tokenizer = "char", cache_dir=None,
-                 val_frac: float = 0.1, vocab_size: int = 8192, progress: bool = True) -> TextData:
-    "Load `source`, split it, build or take the tokenizer, and return cached train/val token ids."
+                 val_frac: float = 0.1, bpe_vocab_size: int = 8192, progress: bool = True) -> TextData:
+    "Load `source`, split it, build or take the tokenizer (`bpe_vocab_size`: the size a `bpe` one learns), and return cached train/val token ids."
     text = load_text(source, cache_dir)
     train_text, val_text = split_text(text, val_frac)
     if isinstance(tokenizer, Tokenizer): tok = tokenizer
     elif tokenizer == "bpe":
-        path = get_cache_dir(cache_dir) / "tokenizers" / f"bpe-{vocab_size}-{sha256_text(train_text)[:16]}.json"
+        path = get_cache_dir(cache_dir) / "tokenizers" / f"bpe-{bpe_vocab_size}-{sha256_text(train_text)[:16]}.json"
         if path.exists(): tok = Tokenizer.load(path)
-        else: tok = get_tokenizer("bpe", train_text, vocab_size); tok.save(path)
+        else: tok = get_tokenizer("bpe", train_text, bpe_vocab_size); tok.save(path)
     else: tok = get_tokenizer(tokenizer, text)
     enc = lambda t: encode_to_cache(t, tok, cache_dir, progress=progress)
     return TextData(enc(train_text), enc(val_text), tok, str(source))

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 import drive_utils
+from .core import LoadError, safe_load
+from .checkpoint import CheckpointError
+from .training import Callback
 
 # %% auto #0
 __all__ = ['backup_target', 'DriveBackupCallback', 'restore_run']
@@ -20,16 +23,16 @@ def backup_target(backup_dir, out_dir) -> Path:
         backup_dir = drive_utils.default_target()
     return Path(backup_dir) / Path(out_dir).resolve().name
 
-class DriveBackupCallback:
+class DriveBackupCallback(Callback):
     "Training callback: copy each saved checkpoint (and the run's tokenizer) to a backup folder; the best is kept."
+    order = 60   # after the Checkpointer (50): at the end of a run, the last checkpoint exists before it is copied
     def __init__(self, out_dir, backup_dir, keep_last: int = 3, background: bool = True, log=print):
         self.out_dir = Path(out_dir)
         self.backup = drive_utils.DriveBackup(backup_target(backup_dir, out_dir), keep_last=keep_last,
                                               pattern="checkpoints/ckpt_*.pt", background=background, log=log)
         self.sent, self.best = {}, None
 
-    def on_save(self, ckpt, trainer):
-        "Called by the `Checkpointer` after each save."
+    def on_checkpoint(self, trainer, ckpt):
         if (tok := self.out_dir / "tokenizer.json").exists() and "tokenizer.json" not in self.sent:
             self.backup.backup(tok); self.sent["tokenizer.json"] = True
         name = f"checkpoints/{ckpt.path.name}"
@@ -42,11 +45,18 @@ class DriveBackupCallback:
 
     def on_stop(self, trainer):
         t0 = time.perf_counter()
-        self.backup.flush()
+        try: self.backup.close()                 # waits for the last copies, ends the worker, removes its staging folder
+        except KeyboardInterrupt: self.backup.close(wait=False); raise
         trainer.log(f"backup: {len(self.backup.manifest())} files in {self.backup.target}"
                     f" (waited {time.perf_counter() - t0:.1f} s for the last copies)"
                     + (f"; {len(self.backup.errors)} failed, the last: {self.backup.errors[-1]}" if self.backup.errors else ""))
 
 def restore_run(backup_dir, out_dir) -> Path | None:
-    "Restore the newest valid checkpoint of the run `out_dir` (and its tokenizer) from `backup_dir` into `out_dir`."
-    return drive_utils.restore(backup_target(backup_dir, out_dir), out_dir, pattern="checkpoints/ckpt_*.pt")
+    "Restore the newest valid checkpoint of the run `out_dir` (and its tokenizer) from `backup_dir`; it must load safely."
+    path = drive_utils.restore(backup_target(backup_dir, out_dir), out_dir, pattern="checkpoints/ckpt_*.pt")
+    if path is not None:
+        try: safe_load(path, what="checkpoint")   # a backup folder may hold files that someone else put there
+        except LoadError as e:
+            for p in (path, path.with_suffix(".json")): p.unlink(missing_ok=True)
+            raise CheckpointError(f"the newest checkpoint of the backup cannot be used, so nothing was restored: {e}") from None
+    return path

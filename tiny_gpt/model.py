@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention
 
 # %% auto #0
-__all__ = ['PRESETS', 'GPTConfig', 'get_config', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sample_next', 'GPT', 'evaluating',
-           'generate', 'generate_text', 'clean_state_dict', 'flops_per_token']
+__all__ = ['GPTConfig', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sample_next', 'evaluating', 'GPT', 'generate_text',
+           'clean_state_dict', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -54,25 +54,6 @@ class GPTConfig:
 
     @property
     def padded_vocab_size(self) -> int: return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
-
-# %% ../nbs/04_model.ipynb #461b104c
-PRESETS = {
-    "tiny":             dict(n_layer=4,  n_head=4,  n_embd=128, block_size=64,   vocab_size=65,    dropout=0.0),
-    "shakespeare-char": dict(n_layer=6,  n_head=6,  n_embd=384, block_size=256,  vocab_size=65,    dropout=0.2),
-    "small":            dict(n_layer=8,  n_head=8,  n_embd=320, block_size=256,  vocab_size=65,    dropout=0.1),
-    "medium":           dict(n_layer=8,  n_head=8,  n_embd=640, block_size=512,  vocab_size=65,    dropout=0.1),
-    "gpt2":             dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.0, bias=True),
-    # the modern GPT chapter's winner on a CPU: tiny's shape with rotary positions, QK-norm and squared ReLU
-    "speedrun-char":    dict(n_layer=4,  n_head=4,  n_embd=128, block_size=64,   vocab_size=65,    dropout=0.0,
-                             rope=True, qk_norm=True, mlp="relu2"),
-}
-
-def get_config(preset: str = "tiny", **overrides) -> GPTConfig:
-    "The `GPTConfig` of a named preset, with fields overridden by `overrides`."
-    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(GPTConfig)}
-    if bad := set(overrides) - known: raise ValueError(f"GPTConfig has no field {sorted(bad)}; fields: {sorted(known)}")
-    return GPTConfig(**{**PRESETS[preset], **overrides})
 
 # %% ../nbs/04_model.ipynb #b3ff297d
 class ReLU2(nn.Module):
@@ -133,6 +114,15 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
+# %% ../nbs/04_model.ipynb #e491324f
+@contextmanager
+def evaluating(model: nn.Module):
+    "Put `model` in eval mode for the block, then restore its previous mode."
+    was = model.training
+    model.eval()
+    try: yield model
+    finally: model.train(was)
+
 # %% ../nbs/04_model.ipynb #a8533e77
 class GPT(nn.Module):
     "A GPT-2 style decoder-only transformer."
@@ -186,33 +176,23 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
 
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
+        "Continue each row of `idx` `(B, T)` by `max_new_tokens` sampled tokens (see Generation, below)."
+        bs = self.cfg.block_size
+        if idx.size(1) == 0: raise ValueError("generate needs a prompt of at least one token")
+        with evaluating(self):
+            caches = None
+            for _ in range(max_new_tokens):
+                if use_cache and idx.size(1) <= bs:
+                    if caches is None: caches = [KVCache(bs) for _ in self.h]; logits, _ = self(idx, kv_caches=caches)
+                    else: logits, _ = self(idx[:, -1:], kv_caches=caches)
+                else: logits, _ = self(idx[:, -bs:])
+                idx = torch.cat([idx, sample_next(logits[:, -1], temperature, top_k, top_p, generator)], dim=1)
+        return idx
+
 # %% ../nbs/04_model.ipynb #2f6afeb5
-@contextmanager
-def evaluating(model: nn.Module):
-    "Put `model` in eval mode for the block, then restore its previous mode."
-    was = model.training
-    model.eval()
-    try: yield model
-    finally: model.train(was)
-
-@torch.no_grad()
-def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
-    "Continue each row of `idx` `(B, T)` by `max_new_tokens` sampled tokens."
-    bs = model.cfg.block_size
-    if idx.size(1) == 0: raise ValueError("generate needs a prompt of at least one token")
-    with evaluating(model):
-        caches = None
-        for _ in range(max_new_tokens):
-            if use_cache and idx.size(1) <= bs:
-                if caches is None: caches = [KVCache(bs) for _ in model.h]; logits, _ = model(idx, kv_caches=caches)
-                else: logits, _ = model(idx[:, -1:], kv_caches=caches)
-            else: logits, _ = model(idx[:, -bs:])
-            idx = torch.cat([idx, sample_next(logits[:, -1], temperature, top_k, top_p, generator)], dim=1)
-    return idx
-
-GPT.generate = generate
-
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, num_samples: int = 1, temperature: float = 0.8,
                   top_k: int | None = None, top_p: float | None = None, seed: int = 0, autocast=None) -> list[str]:
     "Decode `num_samples` continuations of the text `prompt` (an empty prompt starts from the end-of-text token)."

@@ -6,63 +6,14 @@
 from __future__ import annotations
 import statistics
 
-import torch
+from .runner import train
 
 # %% auto #0
-__all__ = ['ABLATION_BASE', 'ABLATIONS', 'orthogonalize', 'Muon', 'MuonAdamW', 'ablate', 'ablation_table']
-
-# %% ../nbs/11_modern.ipynb #b9308970
-def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    "Approximately orthogonal matrices near `G` (`(..., m, n)`; singular values pushed to about 1) by a Newton-Schulz iteration."
-    a, b, c = 3.4445, -4.7750, 2.0315            # coefficients tuned for fast convergence (Keller Jordan)
-    X = G.float()
-    tall = X.size(-2) > X.size(-1)
-    if tall: X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)   # singular values now at most 1
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X.mT if tall else X).to(G.dtype)
-
-class Muon(torch.optim.Optimizer):
-    "Muon: Nesterov momentum, orthogonalised, for 2-D weights; matrices of one shape are orthogonalised in one batch."
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for g in self.param_groups:
-            ps = [p for p in g["params"] if p.grad is not None]
-            if not ps: continue
-            bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in ps]
-            grads = [p.grad for p in ps]
-            torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
-            updates = torch._foreach_lerp(grads, bufs, g["momentum"])           # Nesterov: look ahead along the momentum
-            shapes = {}
-            for i, p in enumerate(ps): shapes.setdefault(tuple(p.shape), []).append(i)
-            for (rows, cols), ids in shapes.items():
-                U = orthogonalize(torch.stack([updates[i] for i in ids]), g["ns_steps"])
-                torch._foreach_add_([ps[i] for i in ids], list(U.unbind(0)), alpha=-g["lr"] * max(1.0, rows / cols) ** 0.5)
-
-class MuonAdamW:
-    "Muon for the parameter groups marked `muon=True`, AdamW for the rest: one optimizer to step, schedule and save."
-    def __init__(self, groups, lr: float = 1e-3, betas=(0.9, 0.95), fused: bool | None = None, momentum: float = 0.95):
-        self.muon = Muon([{k: v for k, v in g.items() if k != "muon"} for g in groups if g.get("muon")], momentum=momentum)
-        self.adamw = torch.optim.AdamW([{k: v for k, v in g.items() if k != "muon"} for g in groups if not g.get("muon")],
-                                       lr=lr, betas=betas, fused=fused)
-    @property
-    def param_groups(self): return self.muon.param_groups + self.adamw.param_groups   # the schedule sets each group's lr
-    @property
-    def state(self): return {**self.muon.state, **self.adamw.state}
-    def step(self, closure=None): self.muon.step(); self.adamw.step()
-    def zero_grad(self, set_to_none: bool = True): self.muon.zero_grad(set_to_none); self.adamw.zero_grad(set_to_none)
-    def state_dict(self) -> dict: return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-    def load_state_dict(self, sd: dict): self.muon.load_state_dict(sd["muon"]); self.adamw.load_state_dict(sd["adamw"])
+__all__ = ['ABLATION_BASE', 'ABLATIONS', 'ablate', 'ablation_table']
 
 # %% ../nbs/11_modern.ipynb #611c12bd
 def ablate(variants: dict, budget: float = 30.0, seeds=(0, 1), preset: str = "tiny", base: dict | None = None, log=print) -> list[dict]:
     "Train each variant (a dict of overrides) for `budget` seconds per seed; return val loss mean/stdev and steps."
-    from tiny_gpt.training import train
     rows = []
     for name, over in variants.items():
         losses, steps = [], []
