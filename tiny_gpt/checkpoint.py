@@ -4,11 +4,12 @@
 
 # %% ../nbs/07_checkpoints.ipynb #829e601c
 from __future__ import annotations
-import json, os, re, tempfile, time, warnings
+import json, os, re, shutil, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from .core import LoadError, atomic_write_json, safe_load, sha256_file
 from .model import GPTConfig, clean_state_dict
@@ -180,13 +181,11 @@ def checkpoint_table(out_dir) -> str:
 # %% ../nbs/07_checkpoints.ipynb #a13cfea1
 def export(out_dir, dest, which: str = "best") -> Path:
     "Write the weights of checkpoint `which` as safetensors, with config.json and tokenizer.json, into `dest`."
-    from safetensors.torch import save_file
-    import shutil
     src, dest = Path(out_dir), Path(dest)
     state = CheckpointManager(src).load(which)
-    cfg = GPTConfig(**state["model_config"])
+    model_cfg = GPTConfig(**state["model_config"])
     weights = {k: v.contiguous() for k, v in clean_state_dict(state["model"]).items()}
-    if cfg.tie_weights: weights.pop("lm_head.weight", None)    # the same tensor as wte.weight
+    if model_cfg.tie_weights: weights.pop("lm_head.weight", None)    # the same tensor as wte.weight
     dest.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(dest / "model.safetensors"), metadata={"step": str(state["step"])})
     atomic_write_json(dest / "config.json", {"model": state["model_config"], "step": state["step"],

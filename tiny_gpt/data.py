@@ -67,7 +67,7 @@ def tinyshakespeare(cache_dir=None, url: str = TINYSHAKESPEARE_URL, timeout: flo
 def load_hf_text(name: str, config: str | None = None, split: str = "train", column: str = "text",
                  sep: str = "\n", **kwargs) -> str:
     "The `column` of a Hugging Face `datasets` split, rows joined by `sep`."
-    import datasets
+    import datasets   # here, not at the top: it takes a second or more to import, and only hf: sources need it
     ds = datasets.load_dataset(name, config, split=split, **kwargs)
     if column not in ds.column_names:
         raise ValueError(f"dataset {name!r} has no column {column!r}; its columns are {ds.column_names}")

@@ -131,8 +131,9 @@ class Trainer:
         "What this run will do and on what hardware, printed at the start of `fit`."
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         m = self.model_cfg
+        tf32 = f" | TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}" if self.device.type == "cuda" else ""
         return (f"device {self.device} ({name}) | precision {self.precision.name} ({self.precision.reason}) | "
-                f"compile {'on' if self.compiled else 'off'} ({self.compile_reason})\nmodel {self.model.num_params():,} parameters "
+                f"compile {'on' if self.compiled else 'off'} ({self.compile_reason}){tf32}\nmodel {self.model.num_params():,} parameters "
                 f"({m.n_layer} layers, {m.n_head} heads, {m.n_embd} dims, block {m.block_size}, vocab {m.vocab_size:,}) | "
                 f"{self.tokens_per_step:,} tokens per step ({self.train_cfg.batch_size} x {m.block_size} x {self.accum} "
                 f"accumulation) | {self.data}")
@@ -350,7 +351,7 @@ def default_callbacks(train_cfg: TrainConfig) -> list[Callback]:
 # %% ../nbs/05_training.ipynb #24733a06
 def plot_history(history: dict, title: str = ""):
     "Loss (train steps, train and val evaluations) and val perplexity against steps."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # here, not at the top: half a second to import, and only plots need it
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     tr, ev = history["train"], history["eval"]
     a.plot([r["step"] for r in tr], [r["loss"] for r in tr], alpha=0.4, label="train (steps)")
