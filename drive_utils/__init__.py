@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno, fnmatch, hashlib, json, os, queue, shutil, sys, tempfile, threading, time, uuid
 from pathlib import Path
 
-__all__ = ["in_colab", "mount", "default_target", "DriveBackup", "restore", "sha256_file", "BackupError"]
+__all__ = ["in_colab", "mount", "flush", "default_target", "DriveBackup", "restore", "sha256_file", "BackupError"]
 
 DRIVE_MOUNT = "/content/drive"
 DEFAULT_FOLDER = "MyDrive/tiny_gpt_checkpoints"
@@ -20,6 +20,17 @@ def mount(mountpoint: str = DRIVE_MOUNT, force_remount: bool = False) -> Path | 
     from google.colab import drive
     drive.mount(mountpoint, force_remount=force_remount)
     return Path(mountpoint)
+
+def flush(mountpoint: str = DRIVE_MOUNT, log=print, colab_drive=None) -> bool:
+    """Push what was written to the mounted Drive up to Google's servers: in Colab, `drive.flush_and_unmount()` (then
+    `mount()` mounts it again); elsewhere just `os.sync()`. `colab_drive` stands in for `google.colab.drive`. True if flushed."""
+    if hasattr(os, "sync"): os.sync()
+    if colab_drive is None:
+        if not in_colab() or not os.path.ismount(mountpoint): return False
+        from google.colab import drive as colab_drive
+    colab_drive.flush_and_unmount()
+    (log or (lambda *a: None))(f"Google Drive: flushed to Google's servers and unmounted; drive_utils.mount() mounts it again")
+    return True
 
 def default_target(mountpoint: str = DRIVE_MOUNT) -> Path:
     "The backup folder: `$TINY_GPT_DRIVE_DIR` if set, else `MyDrive/tiny_gpt_checkpoints` on the mounted Drive."
@@ -171,6 +182,12 @@ class DriveBackup:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+def _age(seconds: float) -> str:
+    "A duration in the unit a person would use."
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size: return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} seconds"
+
 def restore(target, local_dir, pattern: str = "*ckpt_*.pt", log=print) -> Path | None:
     "Copy the newest valid checkpoint in `target` (and its companions) into `local_dir`; return its local path or None."
     target, local_dir = Path(target), Path(local_dir)
@@ -193,6 +210,6 @@ def restore(target, local_dir, pattern: str = "*ckpt_*.pt", log=print) -> Path |
         for o in companions:
             if valid(o): fetch(o)
         fetch(k)
-        log(f"restored {k} from {target}")
+        log(f"restored {k} from {target} (backed up {_age(time.time() - m[k]['time'])} ago)")
         return local_dir / k
     log(f"restore: no valid checkpoint in {target}"); return None

@@ -10,9 +10,9 @@ from dataclasses import MISSING, fields
 from .data import DownloadError, prepare_data
 from .model import GPTConfig
 from .tokenization import TOKENIZERS
-from .device import DeviceError
+from .device import DEVICE_MEMORY, DeviceError, GiB, estimate_memory
 from .training import TrainConfig, TrainingDiverged
-from .runner import PRESETS, auto_preset, train
+from .runner import PRESETS, auto_preset, get_preset, train
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -51,7 +51,7 @@ def _add_fields(parser, cls, skip=()):
 def build_parser() -> argparse.ArgumentParser:
     "The `tiny-gpt` argument parser, with its subcommands."
     p = argparse.ArgumentParser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,bench,checkpoints,export,restore}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,bench,estimate,checkpoints,export,restore}")
 
     def data_args(sp):
         sp.add_argument("--data", default=None,
@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(sp, GPTConfig, skip=("vocab_size",))
     _add_fields(sp, TrainConfig, skip=("sample_tokens",))
 
+    sp = sub.add_parser("estimate", help="estimate the memory each preset needs on a T4, an A100 and an M4",
+                        description="Estimate the training memory of each preset (at its batch size) on Colab's T4 and A100 "
+                                    "and on 16 GB and 24 GB Apple M4s, in the precision each would use.")
+    sp.add_argument("--preset", default=None, choices=list(PRESETS), help="one preset (default: all)")
+    sp.add_argument("--batch_size", type=int, default=None, help="sequences per micro-batch (default: the preset's)")
+
     sp = sub.add_parser("checkpoints", help="list the checkpoints of a run", description="List the checkpoints of a run folder.")
     sp.add_argument("out_dir", help="the run folder")
     sp = sub.add_parser("export", help="export a checkpoint's weights as safetensors with config and tokenizer",
@@ -140,6 +146,20 @@ def _cmd_bench(a):
     bench(a.preset, a.steps, a.warmup, a.baseline, a.json, sample_tokens=a.sample_tokens,
           **{k: v for k, v in vars(a).items() if k not in skip and v is not None})
 
+_MACHINES = [("T4 (16 GB)", "cuda", "fp16"), ("A100 (40 GB)", "cuda", "bf16"), ("M4 (16 GB)", "mps", "fp32"), ("M4 (24 GB)", "mps", "fp32")]
+
+def _cmd_estimate(a):
+    print(f"{'preset':17s} {'params':>8s} {'batch':>5s}" + "".join(f"{n + ' ' + p:>24s}" for n, _, p in _MACHINES))
+    for name in [a.preset] if a.preset else PRESETS:
+        m, t = get_preset(name, **({"batch_size": a.batch_size} if a.batch_size else {}))
+        cells = []
+        for machine, dev, prec in _MACHINES:
+            est = estimate_memory(m, t.batch_size, prec, dev, t.optimizer)
+            cells.append(f"{est['total'] / GiB:9.2f} GiB {'fits' if est['total'] <= DEVICE_MEMORY[machine] else 'TOO BIG':>7s}")
+        print(f"{name:17s} {est['params'] / 1e6:7.2f}M {t.batch_size:5d}" + "".join(f"{c:>24s}" for c in cells))
+    print("(estimates: within 20% of a measured CPU run, GPU allocators differ; available: a GPU's memory less its CUDA "
+          "context, about two thirds of a Mac's)")
+
 def _cmd_checkpoints(a):
     from tiny_gpt.checkpoint import checkpoint_table
     print(checkpoint_table(a.out_dir))
@@ -158,7 +178,8 @@ def main(argv=None) -> int:
     "Run `tiny-gpt` with `argv` (default: the command line); returns the exit code."
     parser = build_parser()
     a = parser.parse_args(argv)
-    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "checkpoints": _cmd_checkpoints, "export": _cmd_export,
+    cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "estimate": _cmd_estimate,
+            "checkpoints": _cmd_checkpoints, "export": _cmd_export,
             "restore": _cmd_restore}
     try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:

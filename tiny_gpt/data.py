@@ -169,7 +169,7 @@ class BatchSampler:
         ix = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=self.gen).numpy()
         xy = torch.from_numpy(self.tokens[ix[:, None] + self.window].astype(np.int64))  # (B, T+1), one gather
         if self.pin: xy = xy.pin_memory()
-        xy = xy.to(self.device, non_blocking=True)
+        xy = xy.to(self.device, non_blocking=self.pin)   # only from pinned memory: elsewhere (MPS) the copy could be corrupted
         return xy[:, :-1], xy[:, 1:]
 
     def state_dict(self) -> dict: return {"rng": self.gen.get_state()}

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .model import GPT, GPTConfig
+
 # %% auto #0
-__all__ = ['PEAK_FLOPS', 'DeviceError', 'choose_device', 'Precision', 'cuda_capability', 'choose_precision', 'set_tf32',
-           'should_compile', 'peak_flops', 'sync', 'peak_memory']
+__all__ = ['MPS_MIN_TORCH', 'COMPILE_MIN_STEPS', 'COMPILE_MIN_SECONDS', 'PEAK_FLOPS', 'GiB', 'DEVICE_MEMORY', 'DeviceError',
+           'choose_device', 'Precision', 'cuda_capability', 'torch_version', 'choose_precision', 'set_tf32',
+           'should_compile', 'peak_flops', 'sync', 'peak_memory', 'estimate_memory', 'memory_line', 'available_memory']
 
 # %% ../nbs/04a_device.ipynb #8bfb5246
 class DeviceError(RuntimeError):
@@ -57,8 +60,15 @@ def cuda_capability(device) -> tuple[int, int]:
     "The compute capability of a CUDA device, e.g. (8, 0) for an A100, (7, 5) for a T4."
     return torch.cuda.get_device_capability(device)
 
-def choose_precision(device, dtype: str = "auto", capability: tuple[int, int] | None = None) -> Precision:
-    "The precision policy for `device`: `auto`, or `fp32`/`bf16`/`fp16`; `capability` overrides the CUDA GPU's own."
+def torch_version(v: str | None = None) -> tuple[int, int]:
+    "The (major, minor) of PyTorch's version `v` (default: the installed one), e.g. (2, 6) for '2.6.0+cu124'."
+    return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", v or torch.__version__).groups())
+
+MPS_MIN_TORCH = {"bf16": (2, 6), "fp16": (2, 8)}   # bf16 autocast on MPS; fp16 needs a GradScaler that works on MPS
+
+def choose_precision(device, dtype: str = "auto", capability: tuple[int, int] | None = None,
+                     version: str | None = None) -> Precision:
+    "The precision policy for `device`: `auto`, or `fp32`/`bf16`/`fp16`; `capability` and `version` stand in for the GPU's and torch's."
     d = torch.device(device).type
     dtype = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if dtype not in ("auto", *_DTYPES): raise ValueError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
@@ -73,8 +83,15 @@ def choose_precision(device, dtype: str = "auto", capability: tuple[int, int] | 
                                             "fp16 autocast with a GradScaler")
         elif dtype == "auto":
             return Precision("bf16", d, f"CUDA, compute capability {cap[0]}.{cap[1]}: bf16 autocast, no loss scaling needed")
+    if d == "mps" and dtype in MPS_MIN_TORCH:
+        need, have = MPS_MIN_TORCH[dtype], torch_version(version)
+        if have < need:
+            return Precision("fp32", d, f"{dtype} was asked for, but {dtype} training on MPS needs torch {need[0]}.{need[1]} or "
+                                        f"newer (this is {have[0]}.{have[1]}): fp32 instead; upgrade torch to use {dtype}")
+        return Precision(dtype, d, f"as asked; attention stays in fp32 on MPS (its half-precision kernels have had "
+                                   f"causal-mask bugs)")
     if dtype != "auto": return Precision(dtype, d, "as asked")
-    if d == "mps": return Precision("fp32", d, "MPS: fp32 by default; dtype bf16 or fp16 opts in to autocast")
+    if d == "mps": return Precision("fp32", d, "MPS: fp32 by default; dtype bf16 (torch 2.6+) or fp16 (torch 2.8+) opts in to autocast")
     return Precision("fp32", d, "CPU: fp32 by default; dtype bf16 or fp16 opts in to autocast")
 
 # %% ../nbs/04a_device.ipynb #7990912b
@@ -84,11 +101,17 @@ def set_tf32(enabled: bool = True) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     return old
 
-def should_compile(device, compile: bool | None = None) -> tuple[bool, str]:
-    "Whether to `torch.compile` on `device` (`compile`: True, False or None for auto), and why."
+COMPILE_MIN_STEPS, COMPILE_MIN_SECONDS = 1000, 600   # a compilation costs tens of seconds: a run must be long to win it back
+
+def should_compile(device, compile: bool | None = None, max_iters: int = 0, max_time: float = 0.0,
+                   platform: str | None = None) -> tuple[bool, str]:
+    "Whether to `torch.compile` a run of `max_iters` steps (and a `max_time` budget) on `device`, and why; `compile`: True, False or None (auto)."
     if compile is not None: return bool(compile), "as asked"
-    if torch.device(device).type == "cuda" and sys.platform == "linux": return True, "auto: CUDA on Linux"
-    return False, f"auto: off on {torch.device(device).type} (it pays on CUDA)"
+    kind, platform = torch.device(device).type, platform or sys.platform
+    if kind != "cuda" or platform != "linux": return False, f"auto: off on {kind} (it pays on CUDA on Linux)"
+    if max_iters and max_iters < COMPILE_MIN_STEPS: return False, f"auto: off, {max_iters} steps are too few to win back a compilation"
+    if max_time and max_time < COMPILE_MIN_SECONDS: return False, f"auto: off, a {max_time:.0f} s budget would go to compiling"
+    return True, "auto: CUDA on Linux, a run long enough to win back the compilation"
 
 # %% ../nbs/04a_device.ipynb #2932f79c
 PEAK_FLOPS = [  # (whole word(s) in torch.cuda.get_device_name(), dense bf16/fp16 tensor-core FLOP/s); first match wins
@@ -97,13 +120,19 @@ PEAK_FLOPS = [  # (whole word(s) in torch.cuda.get_device_name(), dense bf16/fp1
     ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
 ]
 
-def peak_flops(device, name: str | None = None) -> float | None:
-    "Peak bf16/fp16 FLOP/s of the CUDA device (or of the card called `name`), or `None` (CPU, MPS, an unknown GPU)."
+def peak_flops(device, name: str | None = None, precision: str = "bf16", tf32: bool | None = None,
+               capability: tuple[int, int] | None = None) -> float | None:
+    """Peak dense FLOP/s of the CUDA device (or of the card called `name`) in `precision`, or `None` where unknown.
+    bf16/fp16: the tensor-core peak. fp32: the TF32 peak (half of it) where TF32 is on and the GPU has it (capability ≥ 8.0);
+    without TF32, fp32 runs on the plain cores, whose peak we do not tabulate."""
     if name is None:
-        device = torch.device(device)
-        if device.type != "cuda": return None
+        if torch.device(device).type != "cuda": return None
         name = torch.cuda.get_device_name(device)
-    return next((f for key, f in PEAK_FLOPS if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name)), None)
+    half = next((f for key, f in PEAK_FLOPS if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name)), None)
+    if half is None or precision in ("bf16", "fp16"): return half
+    tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
+    cap = capability or cuda_capability(device)
+    return half / 2 if tf32 and cap >= (8, 0) else None
 
 # %% ../nbs/04a_device.ipynb #ddadae6e
 def sync(device):
@@ -116,5 +145,42 @@ def peak_memory(device) -> tuple[int, str]:
     "The most memory used so far, in bytes, and what was measured."
     device = torch.device(device)
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
+    if device.type == "mps": return torch.mps.driver_allocated_memory(), "MPS driver allocated, now (no peak is kept)"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"
+
+# %% ../nbs/04a_device.ipynb #148f5421
+GiB = 2**30
+DEVICE_MEMORY = {"T4 (16 GB)": 15 * GiB, "A100 (40 GB)": 39.5 * GiB, "M4 (16 GB)": 10.7 * GiB, "M4 (24 GB)": 16 * GiB}
+# What a training run may use: a GPU's memory less the CUDA context; on a Mac, the share of the unified memory that
+# Metal lets one process have (about two thirds; torch.mps.recommended_max_memory() says it on the machine itself).
+
+def estimate_memory(model_cfg: GPTConfig, batch_size: int, precision: str = "fp32", device_type: str = "cuda",
+                    optimizer: str = "adamw") -> dict:
+    "A rough estimate, in bytes, of the memory a training step of `batch_size` sequences needs, by part and in total."
+    with torch.device("meta"): n = GPT(model_cfg).num_params()
+    act = 2 if precision in ("bf16", "fp16") else 4               # bytes per activation under autocast
+    B, T, C, L, H, V = batch_size, model_cfg.block_size, model_cfg.n_embd, model_cfg.n_layer, model_cfg.n_head, model_cfg.padded_vocab_size
+    materialised = not model_cfg.flash or device_type == "mps"
+    parts = {"weights and gradients": 8 * n + (2 * n if act == 2 else 0),
+             "optimizer state": 8 * n if optimizer == "adamw" else 6 * n,
+             "activations": L * B * T * C * 17 * act,
+             "attention matrices": L * B * H * T * T * (act + 1 + act) if materialised else 0,   # scores, mask, softmax
+             "logits": B * T * V * (act + 4 + 4)}
+    parts["backward temporaries"] = 0.3 * (parts["activations"] + parts["attention matrices"] + parts["logits"])
+    return {**parts, "total": int(sum(parts.values())), "params": n}
+
+def memory_line(est: dict, available: int | None = None) -> str:
+    "One line on an estimate, and whether it fits in `available` bytes."
+    fit = "" if available is None else (f" of {available / GiB:.1f} GiB available" +
+                                        ("" if est["total"] <= available else ": it will likely NOT fit; lower batch_size or block_size"))
+    return (f"memory: about {est['total'] / GiB:.2f} GiB{fit} (weights, gradients and optimizer "
+            f"{(est['weights and gradients'] + est['optimizer state']) / GiB:.2f}, activations "
+            f"{(est['total'] - est['weights and gradients'] - est['optimizer state']) / GiB:.2f})")
+
+def available_memory(device) -> int | None:
+    "The memory a run on `device` may use, if known: the GPU's total, or Metal's recommended maximum on a Mac."
+    device = torch.device(device)
+    if device.type == "cuda": return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "mps": return torch.mps.recommended_max_memory()
+    return None

@@ -28,6 +28,7 @@ class DriveBackupCallback(Callback):
     order = 60   # after the Checkpointer (50): at the end of a run, the last checkpoint exists before it is copied
     def __init__(self, out_dir, backup_dir, keep_last: int = 3, background: bool = True, log=print):
         self.out_dir = Path(out_dir)
+        self.on_drive = str(backup_dir) == "drive" or str(Path(backup_dir).resolve()).startswith(drive_utils.DRIVE_MOUNT)
         self.backup = drive_utils.DriveBackup(backup_target(backup_dir, out_dir), keep_last=keep_last,
                                               pattern="checkpoints/ckpt_*.pt", background=background, log=log)
         self.sent, self.best = {}, None
@@ -47,6 +48,8 @@ class DriveBackupCallback(Callback):
         t0 = time.perf_counter()
         try: self.backup.close()                 # waits for the last copies, ends the worker, removes its staging folder
         except KeyboardInterrupt: self.backup.close(wait=False); raise
+        finally:
+            if self.on_drive: drive_utils.flush(log=trainer.log)   # Colab: upload what the mount still caches
         trainer.log(f"backup: {len(self.backup.manifest())} files in {self.backup.target}"
                     f" (waited {time.perf_counter() - t0:.1f} s for the last copies)"
                     + (f"; {len(self.backup.errors)} failed, the last: {self.backup.errors[-1]}" if self.backup.errors else ""))

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention
 
 # %% auto #0
-__all__ = ['GPTConfig', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sample_next', 'evaluating', 'GPT', 'generate_text',
-           'clean_state_dict', 'flops_per_token']
+__all__ = ['GPTConfig', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sampling_device', 'sample_next', 'evaluating', 'GPT',
+           'generate_text', 'clean_state_dict', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -101,9 +101,14 @@ class KVCache:
         return self.k[:, :, :self.len], self.v[:, :, :self.len]
 
 # %% ../nbs/04_model.ipynb #844f2989
+def sampling_device(device) -> torch.device:
+    "Where tokens are drawn for a model on `device`: the CPU for an Apple GPU (see below), else the device itself."
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
 def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None):
-    "Draw one token id per row of `logits` `(B, vocab)`; `temperature=0` is greedy."
+    "Draw one token id per row of `logits` `(B, vocab)`; `temperature=0` is greedy; `generator` lives on `sampling_device`."
     if temperature == 0: return logits.argmax(-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k: logits = logits.masked_fill(logits < logits.topk(min(top_k, logits.size(-1))).values[:, [-1]], float("-inf"))
@@ -112,7 +117,8 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p        # tokens whose predecessors already cover top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.to(sampling_device(probs.device)), 1, generator=generator).to(logits.device)
 
 # %% ../nbs/04_model.ipynb #e491324f
 @contextmanager
@@ -198,10 +204,15 @@ def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, num_s
     "Decode `num_samples` continuations of the text `prompt` (an empty prompt starts from the end-of-text token)."
     dev = next(model.parameters()).device
     ids = tokenizer.encode(prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
-    g = torch.Generator(dev).manual_seed(seed)
+    g = torch.Generator(sampling_device(dev)).manual_seed(seed)
     with autocast or nullcontext():
         out = model.generate(torch.tensor([ids] * num_samples, device=dev), max_new_tokens, temperature, top_k, top_p, generator=g)
-    return [tokenizer.decode(row[len(ids):].tolist()) for row in out]
+    rows = out[:, len(ids):].tolist()
+    if bad := sorted({i for row in rows for i in row if not 0 <= i < tokenizer.vocab_size}):
+        raise ValueError(f"sampling produced token ids {bad[:5]} outside the tokenizer's vocabulary of {tokenizer.vocab_size:,}: "
+                         f"the model (vocab_size {model.cfg.vocab_size:,}) and the tokenizer do not belong together, "
+                         "or the sampler misbehaved on this device")
+    return [tokenizer.decode(row) for row in rows]
 
 # %% ../nbs/04_model.ipynb #9aefa9ac
 def clean_state_dict(state: dict) -> dict:

@@ -15,12 +15,12 @@ from tqdm.auto import tqdm
 from .core import seed_everything
 from .data import BatchSampler, TextData
 from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, generate_text
-from .device import choose_device, choose_precision, peak_flops, should_compile
+from .device import available_memory, choose_device, choose_precision, estimate_memory, memory_line, peak_flops, should_compile
 from .optim import configure_optimizer, lr_at, set_lr
 
 # %% auto #0
-__all__ = ['TrainConfig', 'Callback', 'TrainingDiverged', 'Trainer', 'ProgressBar', 'LogLines', 'SampleText', 'EarlyStopping',
-           'default_callbacks', 'plot_history']
+__all__ = ['TrainConfig', 'Callback', 'TrainingDiverged', 'run_header', 'Trainer', 'ProgressBar', 'LogLines', 'SampleText',
+           'EarlyStopping', 'default_callbacks', 'plot_history']
 
 # %% ../nbs/05_training.ipynb #0ee08270
 @dataclass
@@ -85,6 +85,17 @@ class Callback:
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
 
+def run_header(device, device_name: str, precision, compiled: bool, compile_reason: str, tf32: bool | None,
+               model_cfg: GPTConfig, train_cfg: TrainConfig, accum: int, n_params: int, data: str, available: int | None) -> str:
+    "The lines printed at the start of a run: hardware and why, the model, the batch, the data and the memory it needs."
+    m, c = model_cfg, train_cfg
+    est = estimate_memory(m, c.batch_size, precision.name, torch.device(device).type, c.optimizer)
+    return (f"device {device} ({device_name}) | precision {precision.name} ({precision.reason}) | compile "
+            f"{'on' if compiled else 'off'} ({compile_reason})" + ("" if tf32 is None else f" | TF32 {'on' if tf32 else 'off'}") +
+            f"\nmodel {n_params:,} parameters ({m.n_layer} layers, {m.n_head} heads, {m.n_embd} dims, block {m.block_size}, "
+            f"vocab {m.vocab_size:,}) | {accum * c.batch_size * m.block_size:,} tokens per step ({c.batch_size} x {m.block_size} "
+            f"x {accum} accumulation) | {data}\n{memory_line(est, available)}")
+
 class Trainer:
     "Trains a `GPT` on `TextData`: a small core (step, evaluate, fit, state) that callbacks extend."
     def __init__(self, model_cfg: GPTConfig, train_cfg: TrainConfig, data: TextData, callbacks=(), log=None):
@@ -108,7 +119,7 @@ class Trainer:
         self.eval_batches = {"train": BatchSampler(data.train, T, B, self.device, seed=c.seed + 1),
                              "val": BatchSampler(data.val, T, B, self.device, seed=c.seed + 2)}
         self._eval_state = {k: s.state_dict() for k, s in self.eval_batches.items()}  # the same eval batches every time
-        self.compiled, self.compile_reason = should_compile(self.device, c.compile)
+        self.compiled, self.compile_reason = should_compile(self.device, c.compile, c.max_iters, c.max_time)
         self.forward = torch.compile(self.model) if self.compiled else self.model
         self.callbacks = sorted([*default_callbacks(c), *callbacks], key=lambda cb: cb.order)
         self.step, self.best_val, self.bad_evals = 0, float("inf"), 0
@@ -117,7 +128,7 @@ class Trainer:
         self.mid_step = False                        # True while a step is half done (then its state is no checkpoint)
         self._stop_requested, self._eval_seconds, self._t_start = False, 0.0, None
         self._flops_per_token = flops_per_token(model_cfg, self.model.num_params(non_embedding=True))
-        self._peak = peak_flops(self.device)
+        self._peak = peak_flops(self.device, precision=self.precision.name)
 
     def add_callback(self, cb: Callback):
         "Add `cb` in its place by `order`."
@@ -130,13 +141,9 @@ class Trainer:
     def describe(self) -> str:
         "What this run will do and on what hardware, printed at the start of `fit`."
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        m = self.model_cfg
-        tf32 = f" | TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}" if self.device.type == "cuda" else ""
-        return (f"device {self.device} ({name}) | precision {self.precision.name} ({self.precision.reason}) | "
-                f"compile {'on' if self.compiled else 'off'} ({self.compile_reason}){tf32}\nmodel {self.model.num_params():,} parameters "
-                f"({m.n_layer} layers, {m.n_head} heads, {m.n_embd} dims, block {m.block_size}, vocab {m.vocab_size:,}) | "
-                f"{self.tokens_per_step:,} tokens per step ({self.train_cfg.batch_size} x {m.block_size} x {self.accum} "
-                f"accumulation) | {self.data}")
+        tf32 = torch.backends.cuda.matmul.allow_tf32 if self.device.type == "cuda" else None
+        return run_header(self.device, name, self.precision, self.compiled, self.compile_reason, tf32, self.model_cfg,
+                          self.train_cfg, self.accum, self.model.num_params(), str(self.data), available_memory(self.device))
 
     def lr(self, step: int | None = None) -> float:
         "The learning rate at `step`; with a time budget the decay ends when the budget does (estimated from the pace so far)."
