@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['causal_attention', 'RotaryEmbedding', 'CausalSelfAttention']
+__all__ = ['FP32_ATTENTION', 'causal_attention', 'RotaryEmbedding', 'CausalSelfAttention']
 
 # %% ../nbs/03_attention.ipynb #fd807a8c
 def causal_attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = False):
@@ -42,6 +42,8 @@ class RotaryEmbedding(nn.Module):
             return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
         return rotate(q), rotate(k)
 
+FP32_ATTENTION = {"mps"}   # devices where attention runs in fp32 under autocast: MPS's half-precision kernels have had causal-mask bugs
+
 class CausalSelfAttention(nn.Module):
     "Multi-head causal self-attention; `flash` picks `F.scaled_dot_product_attention` over the written-out version."
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, flash: bool = True,
@@ -62,12 +64,15 @@ class CausalSelfAttention(nn.Module):
         if self.rope is not None: q, k = self.rope(q, k, start=kv_cache.len if kv_cache is not None else 0)
         if kv_cache is not None: k, v = kv_cache.update(k, v)     # keys and values of all positions so far
         p = self.dropout if self.training else 0.0
-        if self.flash:
-            S = k.size(2)
-            if T == S: y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            else:  # queries are the last T of S positions
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        else: y = causal_attention(q, k, v, dropout_p=p)
+        if q.device.type in FP32_ATTENTION and q.dtype != torch.float32:   # half precision where its kernels are not trusted
+            with torch.autocast(q.device.type, enabled=False): y = self._attend(q.float(), k.float(), v.float(), p).to(q.dtype)
+        else: y = self._attend(q, k, v, p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)          # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend(self, q, k, v, p: float):
+        if not self.flash: return causal_attention(q, k, v, dropout_p=p)
+        T, S = q.size(2), k.size(2)
+        if T == S: return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)   # queries are the last T of S positions
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num_samples", type=int, default=1, help="number of samples")
     sp.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate per sample")
     sp.add_argument("--temperature", type=float, default=0.8, help="0: greedy; below 1 sharper, above 1 more random")
-    sp.add_argument("--top_k", type=int, default=200, help="sample from the k most likely tokens only (0: all)")
+    sp.add_argument("--top_k", type=int, default=0, help="sample from the k most likely tokens only (0: all of them)")
     sp.add_argument("--top_p", type=float, default=None, help="sample from the smallest set of tokens whose probability adds up to p")
     sp.add_argument("--seed", type=int, default=1337, help="random seed")
     sp.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

@@ -12,14 +12,50 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IN_TEST', 'IN_COLAB', 'atomic_open', 'atomic_write_text', 'atomic_write_json', 'sha256_bytes', 'sha256_text',
-           'sha256_file', 'seed_everything', 'LoadError', 'safe_load']
+__all__ = ['IN_TEST', 'IN_COLAB', 'QUICK', 'FULL_RUN', 'test_eq', 'test_ne', 'test_close', 'test_fail', 'atomic_open',
+           'atomic_write_text', 'atomic_write_json', 'sha256_bytes', 'sha256_text', 'sha256_file', 'seed_everything',
+           'LoadError', 'safe_load', 'machine', 'settings']
 
 # %% ../nbs/00_core.ipynb #40d6caf8
 IN_TEST = bool(os.environ.get("IN_TEST"))  # set by `nbdev_test`: notebooks shrink their work
 IN_COLAB = "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+QUICK = IN_TEST or os.environ.get("TINY_GPT_QUICK", "0") not in ("", "0")   # a smoke run of every notebook
+FULL_RUN = os.environ.get("TINY_GPT_FULL", "0") not in ("", "0")            # also the long cells (each says how long)
 if IN_TEST and "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)  # nbdev_test runs one notebook per core: more threads each would fight over the cores
+
+# %% ../nbs/00_core.ipynb #09b0b05b
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        return a.shape == b.shape and bool((a == b).all())
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray): return np.array_equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict): return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+def test_eq(a, b):
+    "Assert that `a` and `b` are equal (tensors and arrays: same shape, every element)."
+    assert _equal(a, b), f"not equal:\n{a!r}\n{b!r}"
+
+def test_ne(a, b):
+    "Assert that `a` and `b` differ."
+    assert not _equal(a, b), f"equal, but should differ: {a!r}"
+
+def test_close(a, b, eps: float = 1e-5):
+    "Assert that `a` and `b` (numbers, tensors, arrays or lists of them) differ by less than `eps` everywhere."
+    if isinstance(a, (list, tuple)): return [test_close(x, y, eps) for x, y in zip(a, b)] and None
+    diff = (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)).abs().max().item()
+    assert diff < eps, f"{a!r} and {b!r} differ by {diff:.3g}, more than {eps}"
+
+def test_fail(f, contains: str = ""):
+    "Assert that calling `f()` raises an exception whose message contains `contains`."
+    try: f()
+    except Exception as e:
+        assert contains in str(e), f"it failed, but with {type(e).__name__}: {e}, not mentioning {contains!r}"
+        return
+    raise AssertionError(f"expected an exception{f' mentioning {contains!r}' if contains else ''}, but none was raised")
 
 # %% ../nbs/00_core.ipynb #85687891
 @contextmanager
@@ -86,3 +122,17 @@ def safe_load(path, map_location="cpu", what: str = "file"):
                         f"yourself with torch.load(weights_only=False). Detail: {str(e).splitlines()[0]}") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise LoadError(f"{path} is not a readable {what} (truncated or corrupted?): {str(e).splitlines()[0]}") from None
+
+# %% ../nbs/00_core.ipynb #7f34b1d1
+def machine() -> str:
+    "`cuda`, `mps` or `cpu`: the best device PyTorch sees here."
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
+def settings(cpu: dict, mps: dict | None = None, cuda: dict | None = None, quick: dict | None = None) -> dict:
+    "The size of a notebook's work here: `cuda`, `mps` or `cpu` by the machine (each falls back to the smaller), `quick` under `QUICK`."
+    where = machine()
+    chosen = {"cpu": cpu, "mps": mps or cpu, "cuda": cuda or mps or cpu}[where]
+    why = f"{where}: " + {"cuda": "an NVIDIA GPU", "mps": "an Apple GPU", "cpu": "no GPU found"}[where]
+    if QUICK: chosen, why = {**chosen, **(quick or {})}, f"{why}; quick smoke run (TINY_GPT_QUICK=1 or the test suite)"
+    print(f"settings for {why}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    return {**chosen, "device": where}

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from .core import atomic_open, atomic_write_json, safe_load
 from .model import GPT, GPTConfig, clean_state_dict, generate_text
@@ -43,22 +44,21 @@ def load_run(out_dir, device="auto") -> tuple[GPT, Tokenizer, dict]:
     meta = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     if (out / "model.pt").exists():                     # written by training
         ckpt = safe_load(out / "model.pt", what="model file")
-        cfg, state = GPTConfig(**ckpt["model_config"]), clean_state_dict(ckpt["model"])
+        model_cfg, state = GPTConfig(**ckpt["model_config"]), clean_state_dict(ckpt["model"])
     elif (out / "model.safetensors").exists():          # an export for sharing
-        from safetensors.torch import load_file
-        cfg, state = GPTConfig(**meta["model"]), load_file(str(out / "model.safetensors"))
+        model_cfg, state = GPTConfig(**meta["model"]), load_file(str(out / "model.safetensors"))
     else:
         raise FileNotFoundError(f"no model.pt or model.safetensors in {out}: train a model first "
                                 f"(tiny-gpt train --out_dir {out}) or pass its folder")
-    model = GPT(cfg)
+    model = GPT(model_cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - ({"lm_head.weight"} if cfg.tie_weights else set()):
+    if unexpected or set(missing) - ({"lm_head.weight"} if model_cfg.tie_weights else set()):
         raise ValueError(f"{out}: the weights do not fit the model (missing {missing}, unexpected {unexpected})")
     return model.to(device).eval(), Tokenizer.load(out / "tokenizer.json"), meta
 
 # %% ../nbs/06_sampling.ipynb #d0c3b9b7
 def sample(out_dir, start: str = "\n", num_samples: int = 1, max_new_tokens: int = 500, temperature: float = 0.8,
-           top_k: int | None = 200, top_p: float | None = None, seed: int = 1337, device="auto", dtype="auto") -> list[str]:
+           top_k: int | None = None, top_p: float | None = None, seed: int = 1337, device="auto", dtype="auto") -> list[str]:
     "Generate `num_samples` continuations of `start` with the model saved in `out_dir`."
     if num_samples < 1 or max_new_tokens < 0: raise ValueError("num_samples must be at least 1 and max_new_tokens at least 0")
     if temperature < 0: raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")

@@ -8,6 +8,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import tiktoken
+from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
 from .core import atomic_write_json, sha256_text
 
 # %% auto #0
@@ -88,7 +91,6 @@ class GPT2Tokenizer(Tokenizer):
     "GPT-2's byte-level BPE (50,257 tokens) through `tiktoken`; ids are exactly tiktoken's."
     kind = "gpt2"
     def __init__(self, name: str = "gpt2"):
-        import tiktoken
         self.name = name
         try: self.enc = tiktoken.get_encoding(name)
         except Exception as e:
@@ -118,7 +120,6 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(cls, texts, vocab_size: int = 8192, min_frequency: int = 2) -> "BPETokenizer":
         "Learn a vocabulary of `vocab_size` tokens (256 bytes + merges + `<|endoftext|>`) from a text or texts."
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
         if vocab_size < 257: raise ValueError(f"vocab_size must be at least 257 (256 bytes + end of text), got {vocab_size}")
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -135,7 +136,6 @@ class BPETokenizer(Tokenizer):
     def state(self) -> dict: return {"hf": json.loads(self.hf.to_str())}
     @classmethod
     def from_state(cls, state):
-        from tokenizers import Tokenizer as HFTokenizer
         return cls(HFTokenizer.from_str(json.dumps(state["hf"])))
 
 # %% ../nbs/01_tokenization.ipynb #ec234faa

@@ -1,0 +1,101 @@
+"""Run every notebook of the course as a user would, and stop at the first error, naming notebook and cell.
+
+A user runs a notebook top to bottom in a fresh kernel, in a folder of their own, with nothing but what
+`pip install .` (or the notebook's own first cell) installed. So this script:
+
+1. makes a virtual environment (kept between runs in --env) with PyTorch, `pip install .` of this checkout
+   (no dev extras: no nbdev, no fastcore) and a Jupyter kernel (ipykernel, nbclient);
+2. copies the notebooks to a temporary folder outside the repository;
+3. executes each in a fresh kernel of that environment, in course order, with TINY_GPT_QUICK=1 (a smoke run)
+   unless --full is given;
+4. with --outputs, writes the executed notebooks, outputs included, back into nbs/ (then run `nbdev_clean`).
+
+    python .ci/run_notebooks.py                    # quick: does every notebook run top to bottom?
+    python .ci/run_notebooks.py --outputs          # full size on this machine, outputs saved for the docs and GitHub
+    python .ci/run_notebooks.py 05_training        # only some notebooks
+"""
+from __future__ import annotations
+import argparse, hashlib, os, shutil, subprocess, sys, tempfile, time, venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TORCH = os.environ.get("TINY_GPT_TORCH", "torch==2.13.0")   # this machine's CPU build; any torch>=2.4 works
+
+def sh(*cmd, **kw):
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+def make_env(env: Path) -> Path:
+    "A virtual environment with torch, `pip install .` of this checkout and a kernel; returns its python."
+    py = env / "bin" / "python"
+    stamp = env / ".tiny_gpt_requirements"
+    reqs = hashlib.sha256((REPO / "settings.ini").read_bytes() + (REPO / "setup.py").read_bytes() + TORCH.encode()).hexdigest()
+    if not py.exists() or not stamp.exists() or stamp.read_text() != reqs:
+        shutil.rmtree(env, ignore_errors=True)
+        venv.create(env, with_pip=True)
+        sh(py, "-m", "pip", "install", "-q", TORCH)
+        sh(py, "-m", "pip", "install", "-q", str(REPO), "nbclient", "ipykernel")
+        stamp.write_text(reqs)
+    else:   # the same requirements: only this checkout's code is new
+        sh(py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO))
+    for dev_only in ("nbdev", "fastcore", "execnb"):
+        r = subprocess.run([py, "-c", f"import {dev_only}"], capture_output=True)
+        if r.returncode == 0: sys.exit(f"the user environment {env} has the dev-only package {dev_only}; delete it and run again")
+    return py
+
+EXECUTE = r'''
+import json, sys, time
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+folder, names, save = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "1"
+for name in names:
+    path = f"{folder}/{name}"
+    nb = nbformat.read(path, as_version=4)
+    t0 = time.time()
+    client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": folder}})
+    try: client.execute()
+    except CellExecutionError as e:
+        cell = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(o.get("output_type") == "error"
+                     for o in c.get("outputs", []))), None)
+        cid = nb.cells[cell].get("id") if cell is not None else "?"
+        err = next((o for o in nb.cells[cell].outputs if o.get("output_type") == "error"), {}) if cell is not None else {}
+        print(f"FAILED: nbs/{name}, cell {cell} (id {cid}): {err.get('ename', 'error')}: {err.get('evalue', str(e))[:500]}", flush=True)
+        if cell is not None: print("".join(nb.cells[cell].source)[:1500], flush=True)
+        sys.exit(1)
+    n_fig = sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    print(f"ok: nbs/{name} in {time.time() - t0:.0f} s ({n_fig} figures)", flush=True)
+    if save: nbformat.write(nb, path)
+'''
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("notebooks", nargs="*", help="names (without .ipynb) to run; default: all, in course order")
+    ap.add_argument("--full", action="store_true", help="full size (no TINY_GPT_QUICK)")
+    ap.add_argument("--outputs", action="store_true", help="full size, and write the executed notebooks back into nbs/")
+    ap.add_argument("--env", default=str(Path(tempfile.gettempdir()) / "tiny_gpt_user_env"), help="where the environment lives")
+    a = ap.parse_args()
+    names = sorted(p.name for p in (REPO / "nbs").glob("*.ipynb") if not p.name.startswith("_"))
+    names = [n for n in names if n != "index.ipynb"] + ["index.ipynb"]
+    if a.notebooks: names = [n for n in names if n.removesuffix(".ipynb") in a.notebooks or n in a.notebooks]
+    t0 = time.time()
+    py = make_env(Path(a.env))
+    work = Path(tempfile.mkdtemp(prefix="tiny_gpt_user_run_"))   # outside the repository
+    for n in names: shutil.copy(REPO / "nbs" / n, work / n)
+    env = {k: v for k, v in os.environ.items() if k not in ("IN_TEST", "MPLBACKEND", "PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{py.parent}{os.pathsep}{env.get('PATH', '')}"
+    if not (a.full or a.outputs): env["TINY_GPT_QUICK"] = "1"
+    else: env.pop("TINY_GPT_QUICK", None)
+    print(f"running {len(names)} notebooks in {work} with {py} ({'full size' if a.full or a.outputs else 'TINY_GPT_QUICK=1'})", flush=True)
+    r = subprocess.run([str(py), "-c", EXECUTE, str(work), ",".join(names), "1" if a.outputs else "0"], env=env, cwd=work)
+    if r.returncode: return r.returncode
+    if a.outputs:
+        for n in names: shutil.copy(work / n, REPO / "nbs" / n)
+        print("outputs written into nbs/; now run nbdev_clean and check the diff")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"every notebook ran top to bottom, in {time.time() - t0:.0f} s")
+    print(f"{len(names)} passed, 0 failed")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
