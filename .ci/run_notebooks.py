@@ -46,21 +46,29 @@ def make_env(env: Path) -> Path:
 EXECUTE = r'''
 import json, sys, time
 import nbformat
+from jupyter_client.kernelspec import get_kernel_spec
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 folder, names, save = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "1"
+spec = get_kernel_spec("python3").argv[0]
+if spec not in (sys.executable, "python", "python3"):   # a user's own python3 kernel would run outside this environment
+    sys.exit(f"the python3 kernel runs {spec}, not this environment's {sys.executable}: remove that kernelspec or use --env")
 for name in names:
     path = f"{folder}/{name}"
     nb = nbformat.read(path, as_version=4)
     t0 = time.time()
     client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": folder}})
     try: client.execute()
-    except CellExecutionError as e:
+    except Exception as e:   # an error in a cell, a cell past its timeout, a kernel that died
         cell = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(o.get("output_type") == "error"
                      for o in c.get("outputs", []))), None)
         cid = nb.cells[cell].get("id") if cell is not None else "?"
         err = next((o for o in nb.cells[cell].outputs if o.get("output_type") == "error"), {}) if cell is not None else {}
-        print(f"FAILED: nbs/{name}, cell {cell} (id {cid}): {err.get('ename', 'error')}: {err.get('evalue', str(e))[:500]}", flush=True)
+        if cell is None:   # no cell holds an error: the kernel died or a cell ran out of time; name the last one that started
+            cell = max((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")), default=None)
+            cid = nb.cells[cell].get("id") if cell is not None else "?"
+        print(f"FAILED: nbs/{name}, cell {cell} (id {cid}): {err.get('ename', type(e).__name__)}: "
+              f"{err.get('evalue', str(e).splitlines()[-1] if str(e) else '')[:500]}", flush=True)
         if cell is not None: print("".join(nb.cells[cell].source)[:1500], flush=True)
         sys.exit(1)
     n_fig = sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
@@ -77,7 +85,10 @@ def main() -> int:
     a = ap.parse_args()
     names = sorted(p.name for p in (REPO / "nbs").glob("*.ipynb") if not p.name.startswith("_"))
     names = [n for n in names if n != "index.ipynb"] + ["index.ipynb"]
-    if a.notebooks: names = [n for n in names if n.removesuffix(".ipynb") in a.notebooks or n in a.notebooks]
+    if a.notebooks:
+        unknown = [n for n in a.notebooks if n.removesuffix(".ipynb") + ".ipynb" not in names]
+        if unknown: ap.error(f"no notebook {', '.join(unknown)} in nbs/")
+        names = [n for n in names if n.removesuffix(".ipynb") in a.notebooks or n in a.notebooks]
     t0 = time.time()
     py = make_env(Path(a.env))
     work = Path(tempfile.mkdtemp(prefix="tiny_gpt_user_run_"))   # outside the repository

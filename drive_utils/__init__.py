@@ -172,11 +172,18 @@ class DriveBackup:
         "Wait for the queued copies (unless `wait=False`), stop the worker, delete the staging folder; later copies are synchronous."
         if self._queue is None: return
         queue_, thread, self._queue, self._thread = self._queue, self._thread, None, None
+        interrupted = False
         try:
             if wait:
                 while queue_.unfinished_tasks: time.sleep(0.01)
-        finally:   # also when a second Ctrl+C cuts the wait short: nothing is left in the temporary folder
-            queue_.put(None); thread.join(timeout=None if wait else 1.0)
+        except BaseException: interrupted = True; raise   # a second Ctrl+C: stop waiting
+        finally:   # nothing is left in the temporary folder, and a dropped copy is only a file never sent
+            if interrupted or not wait:
+                while True:
+                    try: staged, _ = queue_.get_nowait()
+                    except queue.Empty: break
+                    staged.unlink(missing_ok=True); queue_.task_done()
+            queue_.put(None); thread.join(timeout=None if wait and not interrupted else 5.0)
             shutil.rmtree(self._stage, ignore_errors=True)
 
     def __enter__(self): return self

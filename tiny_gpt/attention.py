@@ -64,8 +64,9 @@ class CausalSelfAttention(nn.Module):
         if self.rope is not None: q, k = self.rope(q, k, start=kv_cache.len if kv_cache is not None else 0)
         if kv_cache is not None: k, v = kv_cache.update(k, v)     # keys and values of all positions so far
         p = self.dropout if self.training else 0.0
-        if q.device.type in FP32_ATTENTION and q.dtype != torch.float32:   # half precision where its kernels are not trusted
-            with torch.autocast(q.device.type, enabled=False): y = self._attend(q.float(), k.float(), v.float(), p).to(q.dtype)
+        if q.device.type in FP32_ATTENTION and (q.dtype != torch.float32 or v.dtype != torch.float32):
+            # half precision where its kernels are not trusted (v may be half while qk_norm left q, k in fp32): compute in fp32
+            with torch.autocast(q.device.type, enabled=False): y = self._attend(q.float(), k.float(), v.float(), p).to(v.dtype)
         else: y = self._attend(q, k, v, p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)          # heads side by side again
         return self.resid_dropout(self.c_proj(y))

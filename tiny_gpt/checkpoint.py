@@ -133,6 +133,8 @@ class Checkpointer(Callback):
         self.manager, self.save_every = manager, save_every
 
     def _save(self, trainer, tags):
+        if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):   # saves are rare: this sync is cheap
+            trainer.log(f"step {trainer.step}: the weights are no longer finite (the loss diverged): not saved"); return None
         last = trainer.history["eval"][-1] if trainer.history["eval"] else {}
         metrics = {k: last.get(k) for k in ("train_loss", "val_loss", "val_ppl")} if last.get("step") == trainer.step else {}
         ckpt = self.manager.save(trainer.state_dict(), tags, metrics)
@@ -157,7 +159,7 @@ class Checkpointer(Callback):
                         f"with: {resume}"); return
         emergency = trainer.stop_reason in ("interrupted", "error")
         ck = self._save(trainer, ["emergency" if emergency else "final"])
-        if emergency:
+        if ck and emergency:
             trainer.log(f"saved an emergency checkpoint at step {ck.step} ({ck.path}). Resume with: "
                         f"{resume}   (in Python: train(out_dir=..., resume='latest'))")
 
@@ -175,7 +177,7 @@ def checkpoint_table(out_dir) -> str:
         mark = [t for t, s in (("latest", latest), ("best", best)) if s == c.step]
         rows.append(f"{c.step:>8,} {f(g('epoch'), '7.3f')} {f(g('train_loss'), '10.4f')} {f(g('val_loss'), '9.4f')} "
                     f"{f(g('val_ppl'), '8.2f')} {f(g('elapsed'), '7.0f')}s {g('size', 0) / 1e6:>8.2f}MB  "
-                    f"{', '.join(mark + [t for t in c.tags if t not in mark])}")
+                    f"{', '.join(mark + [t for t in c.tags if t not in ('latest', 'best')])}")   # a 'best' tag may be stale
     return "\n".join(rows)
 
 # %% ../nbs/07_checkpoints.ipynb #a13cfea1

@@ -32,6 +32,12 @@ def _parse_compile(s: str) -> bool | None:
     if str(s).lower() in ("auto", "on", "off"): return {"auto": None, "on": True, "off": False}[str(s).lower()]
     raise argparse.ArgumentTypeError(f"expected auto, on or off, got {s!r}")
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    "Shows a default where the help text has none yet and it is not None (the fields' own text says theirs)."
+    def _get_help_string(self, action):
+        h = action.help or ""
+        return h if "(default" in h or action.default in (None, argparse.SUPPRESS) else super()._get_help_string(action)
+
 def _add_fields(parser, cls, skip=()):
     docs = _field_docs(cls)
     group = parser.add_argument_group(f"{cls.__name__} (defaults shown; a preset may set others)")
@@ -48,9 +54,14 @@ def _add_fields(parser, cls, skip=()):
                            help=f"{docs.get(f.name, '')} (default: {default!r})", **extra)
 
 # %% ../nbs/10_cli.ipynb #51a0e404
+class _Parser(argparse.ArgumentParser):
+    "Bad input is one line (and exit code 2), not the whole usage: `--help` has that."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `tiny-gpt` argument parser, with its subcommands."
-    p = argparse.ArgumentParser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
+    p = _Parser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,bench,estimate,checkpoints,export,restore}")
 
     def data_args(sp):
@@ -66,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="train a model and save it with its config and tokenizer",
                         description="Train a GPT. Every GPTConfig and TrainConfig field is an option (--key=value).",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_Help)
     sp.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
                     help="model size and its training settings; auto: " + ", ".join(f"{auto_preset(d)} on {d.upper()}" for d in ("cuda", "mps", "cpu"))
                          + ". " + "; ".join(f"{k}: {p.about}" for k, p in PRESETS.items()))
@@ -78,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(sp, TrainConfig)
 
     sp = sub.add_parser("sample", help="generate text from a trained model",
-                        description="Generate text with the model saved in --out_dir.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        description="Generate text with the model saved in --out_dir.", formatter_class=_Help)
     sp.add_argument("--out_dir", default="out", help="folder written by tiny-gpt train")
     sp.add_argument("--start", default="\n", help='prompt, or FILE:path to read it from a file')
     sp.add_argument("--num_samples", type=int, default=1, help="number of samples")
@@ -92,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("bench", help="time training steps (ms, tokens/s, MFU, memory), optionally against a plain baseline",
                         description="Time training steps of a preset on this device. Every GPTConfig and TrainConfig field is an option.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_Help)
     sp.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size and its training settings")
     sp.add_argument("--steps", type=int, default=50, help="timed steps")
     sp.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
@@ -151,7 +162,7 @@ _MACHINES = [("T4 (16 GB)", "cuda", "fp16"), ("A100 (40 GB)", "cuda", "bf16"), (
 def _cmd_estimate(a):
     print(f"{'preset':17s} {'params':>8s} {'batch':>5s}" + "".join(f"{n + ' ' + p:>24s}" for n, _, p in _MACHINES))
     for name in [a.preset] if a.preset else PRESETS:
-        m, t = get_preset(name, **({"batch_size": a.batch_size} if a.batch_size else {}))
+        m, t = get_preset(name, **({"batch_size": a.batch_size} if a.batch_size is not None else {}))
         cells = []
         for machine, dev, prec in _MACHINES:
             est = estimate_memory(m, t.batch_size, prec, dev, t.optimizer)

@@ -46,7 +46,8 @@ def test_ne(a, b):
 def test_close(a, b, eps: float = 1e-5):
     "Assert that `a` and `b` (numbers, tensors, arrays or lists of them) differ by less than `eps` everywhere."
     if isinstance(a, (list, tuple)): return [test_close(x, y, eps) for x, y in zip(a, b)] and None
-    diff = (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)).abs().max().item()
+    as64 = lambda x: (x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(x)).to(torch.float64)   # any device
+    diff = (as64(a) - as64(b)).abs().max().item()
     assert diff < eps, f"{a!r} and {b!r} differ by {diff:.3g}, more than {eps}"
 
 def test_fail(f, contains: str = ""):

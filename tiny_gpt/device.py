@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_device.ipynb #26b58f51
 from __future__ import annotations
-import re, resource, sys
+import platform, re, sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -36,7 +36,8 @@ def choose_device(device: str = "auto") -> torch.device:
         raise DeviceError("device 'mps' was asked for, but this machine has no usable Apple GPU "
                           "(torch.backends.mps.is_available() is False). Use device 'cpu' or 'auto'.")
     if kind not in ("cuda", "mps", "cpu"): raise ValueError(f"unknown device {device!r}; use auto, cuda, cuda:N, mps or cpu")
-    return torch.device(device)
+    try: return torch.device(device)
+    except RuntimeError: raise ValueError(f"unknown device {device!r}; use auto, cuda, cuda:N, mps or cpu") from None
 
 # %% ../nbs/04a_device.ipynb #fc7ae2c0
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,8 +67,13 @@ def torch_version(v: str | None = None) -> tuple[int, int]:
 
 MPS_MIN_TORCH = {"bf16": (2, 6), "fp16": (2, 8)}   # bf16 autocast on MPS; fp16 needs a GradScaler that works on MPS
 
+def _macos() -> tuple[int, ...]:
+    "This Mac's macOS version; elsewhere (a stand-in MPS device in a test) no limit."
+    v = platform.mac_ver()[0]
+    return tuple(int(x) for x in v.split(".")) if v else (99,)
+
 def choose_precision(device, dtype: str = "auto", capability: tuple[int, int] | None = None,
-                     version: str | None = None) -> Precision:
+                     version: str | None = None, macos: tuple[int, ...] | None = None) -> Precision:
     "The precision policy for `device`: `auto`, or `fp32`/`bf16`/`fp16`; `capability` and `version` stand in for the GPU's and torch's."
     d = torch.device(device).type
     dtype = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
@@ -88,6 +94,8 @@ def choose_precision(device, dtype: str = "auto", capability: tuple[int, int] | 
         if have < need:
             return Precision("fp32", d, f"{dtype} was asked for, but {dtype} training on MPS needs torch {need[0]}.{need[1]} or "
                                         f"newer (this is {have[0]}.{have[1]}): fp32 instead; upgrade torch to use {dtype}")
+        if dtype == "bf16" and (macos or _macos()) < (14,):
+            return Precision("fp32", d, "bf16 was asked for, but bf16 on an Apple GPU needs macOS 14 or newer: fp32 instead")
         return Precision(dtype, d, f"as asked; attention stays in fp32 on MPS (its half-precision kernels have had "
                                    f"causal-mask bugs)")
     if dtype != "auto": return Precision(dtype, d, "as asked")
@@ -104,13 +112,15 @@ def set_tf32(enabled: bool = True) -> bool:
 COMPILE_MIN_STEPS, COMPILE_MIN_SECONDS = 1000, 600   # a compilation costs tens of seconds: a run must be long to win it back
 
 def should_compile(device, compile: bool | None = None, max_iters: int = 0, max_time: float = 0.0,
-                   platform: str | None = None) -> tuple[bool, str]:
+                   platform: str | None = None, capability: tuple[int, int] | None = None) -> tuple[bool, str]:
     "Whether to `torch.compile` a run of `max_iters` steps (and a `max_time` budget) on `device`, and why; `compile`: True, False or None (auto)."
     if compile is not None: return bool(compile), "as asked"
     kind, platform = torch.device(device).type, platform or sys.platform
     if kind != "cuda" or platform != "linux": return False, f"auto: off on {kind} (it pays on CUDA on Linux)"
     if max_iters and max_iters < COMPILE_MIN_STEPS: return False, f"auto: off, {max_iters} steps are too few to win back a compilation"
     if max_time and max_time < COMPILE_MIN_SECONDS: return False, f"auto: off, a {max_time:.0f} s budget would go to compiling"
+    cap = capability or (cuda_capability(device) if torch.cuda.is_available() else (8, 0))   # (8, 0): a stand-in GPU
+    if cap < (7, 0): return False, f"auto: off, compute capability {cap[0]}.{cap[1]} is below what its compiler (Triton) needs"
     return True, "auto: CUDA on Linux, a run long enough to win back the compilation"
 
 # %% ../nbs/04a_device.ipynb #2932f79c
@@ -131,8 +141,8 @@ def peak_flops(device, name: str | None = None, precision: str = "bf16", tf32: b
     half = next((f for key, f in PEAK_FLOPS if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name)), None)
     if half is None or precision in ("bf16", "fp16"): return half
     tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
-    cap = capability or cuda_capability(device)
-    return half / 2 if tf32 and cap >= (8, 0) else None
+    if not tf32: return None
+    return half / 2 if (capability or cuda_capability(device)) >= (8, 0) else None
 
 # %% ../nbs/04a_device.ipynb #ddadae6e
 def sync(device):
@@ -146,6 +156,7 @@ def peak_memory(device) -> tuple[int, str]:
     device = torch.device(device)
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
     if device.type == "mps": return torch.mps.driver_allocated_memory(), "MPS driver allocated, now (no peak is kept)"
+    import resource   # here, not at the top: it exists on Linux and macOS only
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"
 
@@ -182,5 +193,6 @@ def available_memory(device) -> int | None:
     "The memory a run on `device` may use, if known: the GPU's total, or Metal's recommended maximum on a Mac."
     device = torch.device(device)
     if device.type == "cuda": return torch.cuda.get_device_properties(device).total_memory
-    if device.type == "mps": return torch.mps.recommended_max_memory()
+    if device.type == "mps":   # torch 2.5 and newer say what Metal lets one process have
+        return torch.mps.recommended_max_memory() if hasattr(torch.mps, "recommended_max_memory") else None
     return None

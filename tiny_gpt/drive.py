@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_drive_backup.ipynb #e6caa3c9
 from __future__ import annotations
-import time
+import os, time
 from pathlib import Path
 
 import drive_utils
@@ -19,8 +19,12 @@ __all__ = ['backup_target', 'DriveBackupCallback', 'restore_run']
 def backup_target(backup_dir, out_dir) -> Path:
     "Where the run in `out_dir` is backed up: `backup_dir/<run folder name>`; `drive` is Google Drive (mounted on first use)."
     if str(backup_dir) == "drive":
+        if not drive_utils.in_colab() and not os.environ.get("TINY_GPT_DRIVE_DIR"):
+            raise ValueError("backup_dir 'drive' means Google Drive, which only Colab mounts; elsewhere pass a folder "
+                             "(--backup_dir PATH), or set TINY_GPT_DRIVE_DIR")
         drive_utils.mount()
         backup_dir = drive_utils.default_target()
+    elif str(Path(backup_dir).resolve()).startswith(drive_utils.DRIVE_MOUNT): drive_utils.mount()   # mounted again if flushed
     return Path(backup_dir) / Path(out_dir).resolve().name
 
 class DriveBackupCallback(Callback):
@@ -49,10 +53,12 @@ class DriveBackupCallback(Callback):
         try: self.backup.close()                 # waits for the last copies, ends the worker, removes its staging folder
         except KeyboardInterrupt: self.backup.close(wait=False); raise
         finally:
-            if self.on_drive: drive_utils.flush(log=trainer.log)   # Colab: upload what the mount still caches
-        trainer.log(f"backup: {len(self.backup.manifest())} files in {self.backup.target}"
-                    f" (waited {time.perf_counter() - t0:.1f} s for the last copies)"
-                    + (f"; {len(self.backup.errors)} failed, the last: {self.backup.errors[-1]}" if self.backup.errors else ""))
+            trainer.log(f"backup: {len(self.backup.manifest())} files in {self.backup.target}"
+                        f" (waited {time.perf_counter() - t0:.1f} s for the last copies)"
+                        + (f"; {len(self.backup.errors)} failed, the last: {self.backup.errors[-1]}" if self.backup.errors else ""))
+            if self.on_drive:   # Colab uploads in the background: only a flush waits until Drive has everything
+                if str(self.out_dir.resolve()).startswith(drive_utils.DRIVE_MOUNT): os.sync()   # the run itself is on Drive: keep it mounted
+                else: drive_utils.flush(log=trainer.log)
 
 def restore_run(backup_dir, out_dir) -> Path | None:
     "Restore the newest valid checkpoint of the run `out_dir` (and its tokenizer) from `backup_dir`; it must load safely."

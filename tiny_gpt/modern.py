@@ -18,8 +18,9 @@ def ablate(variants: dict, budget: float = 30.0, seeds=(0, 1), preset: str = "ti
     for name, over in variants.items():
         losses, steps = [], []
         for seed in seeds:
-            t = train(preset, max_time=budget, seed=seed, progress=False, sample_tokens=0, final_sample=0,   # no compiling:
-                      **{"max_iters": 10**6, "eval_interval": 10**6, "compile": False, **(base or {}), **over})  # a budget is for training
+            t = train(preset, max_time=budget, seed=seed, progress=False, sample_tokens=0, final_sample=0, log=lambda *a: None,
+                      **{"max_iters": 10**6, "eval_interval": 10**6, "compile": False, **(base or {}), **over})  # no compiling:
+                                                                                                  # a budget is for training
             losses.append(t.history["eval"][-1]["val_loss"]); steps.append(t.step)
         rows.append({"variant": name, "val_loss": statistics.mean(losses),
                      "stdev": statistics.stdev(losses) if len(losses) > 1 else 0.0, "steps": statistics.mean(steps), "losses": losses})

@@ -59,7 +59,8 @@ PRESETS = {
 
 def auto_preset(device) -> str:
     "The preset that suits `device`: shakespeare-char on CUDA, small on MPS, speedrun-char on CPU."
-    kind = choose_device().type if str(device) == "auto" else torch.device(device).type
+    try: kind = choose_device().type if str(device) == "auto" else torch.device(device).type   # here or not: a recipe
+    except RuntimeError: raise ValueError(f"unknown device {device!r}; use auto, cuda, cuda:N, mps or cpu") from None
     return {"cuda": "shakespeare-char", "mps": "small"}.get(kind, "speedrun-char")
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
@@ -81,29 +82,35 @@ def get_preset(name: str = "tiny", **overrides) -> tuple[GPTConfig, TrainConfig]
 
 # %% ../nbs/08a_runner.ipynb #43e73eb9
 def train(preset: str = "auto", data: str | None = None, tokenizer: str | None = None, out_dir=None, cache_dir=None,
-          bpe_vocab_size: int = 8192, final_sample: int = 500, resume: str | None = None, callbacks=(), **overrides) -> Trainer:
+          bpe_vocab_size: int = 8192, final_sample: int = 500, resume: str | None = None, callbacks=(), log=None, **overrides) -> Trainer:
     """Train a preset (or `auto`) on `data` with `overrides` for any `GPTConfig`/`TrainConfig` field, checkpointing into `out_dir`.
     `resume`: `latest`, `best`, a checkpoint path, or `auto` (latest if there is one, else start afresh)."""
     model_kw, train_kw = split_overrides(overrides)
     fresh = None if resume else get_preset(preset, **overrides)   # bad settings fail before any folder is made
     state, path = None, None
-    manager = CheckpointManager(out_dir, keep_last=train_kw.get("keep_last", 3)) if out_dir is not None else None
+    keep_last = train_kw.get("keep_last", 3)
+    existing = out_dir is not None and (resume or (Path(out_dir) / "checkpoints").is_dir())   # no folder made before the checks
+    manager = CheckpointManager(out_dir, keep_last=keep_last) if existing else None
     if resume:
         if resume in ("latest", "best", "auto"):
             if manager is None: raise ValueError(f"resume={resume!r} needs out_dir, the folder of the run to resume")
             path = manager.resolve("latest" if resume == "auto" else resume, missing_ok=resume == "auto")
         else: path = Path(resume)
         if path is not None: state = safe_load(path, what="checkpoint")
-    if state is None and manager is not None and (old := manager.list()):   # never mix two runs in one folder
+    if manager is not None and (old := manager.list()) and (state is None or path.resolve().parent != manager.dir.resolve()):
+        # never mix two runs in one folder: a new run, or a checkpoint of another run, into a folder that holds one
         raise ValueError(f"{out_dir} already holds the checkpoints of a run (up to step {old[-1].step:,}). Continue it with "
                          f"--resume latest (resume='latest'), or train into another --out_dir")
     if state is not None:   # the run's own settings, then what was asked for now (e.g. more max_iters)
         model_cfg = GPTConfig(**state["model_config"])
         if any(getattr(model_cfg, k) != v for k, v in model_kw.items()):
             raise ValueError(f"a resumed run keeps its model shape; leave out {sorted(model_kw)} or start a new out_dir")
-        train_cfg = TrainConfig(**{**state["train_config"], **train_kw})
+        saved = {**state["train_config"]}
+        if isinstance(saved.get("compile"), str): saved["compile"] = {"on": True, "off": False}.get(saved["compile"])  # older runs
+        train_cfg = TrainConfig(**{**saved, **train_kw})
         data = data or state["data"]
-        tok = Tokenizer.load((Path(out_dir) if out_dir is not None else path.parent.parent) / "tokenizer.json")
+        own = path.parent.parent / "tokenizer.json"                    # the run's own tokenizer, beside its checkpoints
+        tok = Tokenizer.load(own if own.exists() else Path(out_dir) / "tokenizer.json")
     else:
         model_cfg, train_cfg = fresh or get_preset(preset, **overrides)   # or resume="auto" found no checkpoint
         tok = tokenizer or "char"
@@ -115,17 +122,18 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
             raise ValueError(f"the {split} split has {len(getattr(td, split)):,} tokens, too few for block_size "
                              f"{model_cfg.block_size}: use a smaller --block_size or more text")
     if out_dir is not None:
+        backup = (DriveBackupCallback(out_dir, train_cfg.backup_dir, keep_last=train_cfg.keep_last,   # checks backup_dir
+                                      background=train_cfg.backup_background) if train_cfg.backup_dir else None)
+        manager = manager or CheckpointManager(out_dir, keep_last=keep_last)
         td.tokenizer.save(Path(out_dir) / "tokenizer.json")   # before training: checkpoints are usable at once
-        callbacks = [*callbacks, Checkpointer(manager, train_cfg.save_every)]
-        if train_cfg.backup_dir:
-            callbacks.append(DriveBackupCallback(out_dir, train_cfg.backup_dir, keep_last=train_cfg.keep_last,
-                                                 background=train_cfg.backup_background))
+        callbacks = [*callbacks, Checkpointer(manager, train_cfg.save_every), *([backup] if backup else [])]
     if device.type == "cuda": set_tf32(True)   # fp32 matmuls on tensor cores (Ampere and newer); the header shows it
-    trainer = Trainer(model_cfg, train_cfg, td, callbacks=callbacks)
+    trainer = Trainer(model_cfg, train_cfg, td, callbacks=callbacks, log=log)
     if state is not None:
         trainer.load_state_dict(state)
         trainer.log(f"resumed from {path} at step {trainer.step:,} (best val loss {trainer.best_val:.4f})")
     trainer.fit()
     if out_dir is not None: trainer.log(f"saved the model, config and tokenizer to {save_run(trainer, out_dir)}")
-    if final_sample: trainer.log(f"--- a sample from the trained model ---\n{trainer.sample(max_new_tokens=final_sample)}")
+    if final_sample and trainer.stop_reason != "interrupted":   # after Ctrl+C, stop now
+        trainer.log(f"--- a sample from the trained model ---\n{trainer.sample(max_new_tokens=final_sample)}")
     return trainer

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #5b92ea36
 from __future__ import annotations
-import math, random, signal, time
+import math, random, signal, sys, time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -228,7 +228,8 @@ class Trainer:
                     loss_sum.zero_(); n = 0
                     t_win = time.perf_counter()
                 if (self.step % c.eval_interval == 0 or last) and not self._stop_requested:
-                    self._evaluate_and_record(); t_win = time.perf_counter()
+                    t_eval = time.perf_counter(); self._evaluate_and_record()
+                    t_win += time.perf_counter() - t_eval   # the speed of the steps leaves out the evaluation
                 self.callback("on_step")
                 if over_time and self.step < c.max_iters and not self._stop_requested: self.request_stop("time budget")
         except KeyboardInterrupt:   # a second Ctrl+C, or one where no handler could be installed: stop now
@@ -241,7 +242,11 @@ class Trainer:
             self.elapsed += time.perf_counter() - self._t_start
             self._t_start = None
             self.stop_reason = self.stop_reason or "max_iters"
-            self.callback("on_stop")   # also after an error: a checkpoint of the last good state, a flushed backup
+            errors = []
+            for cb in self.callbacks:   # every callback hears the end, also after an error or when another one fails
+                try: cb.on_stop(self)
+                except Exception as e: errors.append(e); self.log(f"{type(cb).__name__} failed at the end of the run: {e}")
+            if errors and sys.exc_info()[0] is None: raise errors[0]   # but never hide the error that stopped the run
         self.log(f"stopped ({self.stop_reason}) at step {self.step} after {self.elapsed:.1f} s; best val loss {self.best_val:.4f}")
         return self.history
 
