@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['FP32_ATTENTION', 'causal_attention', 'RotaryEmbedding', 'CausalSelfAttention']
+__all__ = ['FP32_ATTENTION', 'causal_attention', 'CausalSelfAttention']
 
 # %% ../nbs/03_attention.ipynb #fd807a8c
 def causal_attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = False):
@@ -25,51 +25,34 @@ def causal_attention(q, k, v, dropout_p: float = 0.0, return_weights: bool = Fal
     return (out, weights) if return_weights else out
 
 # %% ../nbs/03_attention.ipynb #d7a84fac
-class RotaryEmbedding(nn.Module):
-    "Rotary position embedding: rotate pairs of query/key channels by angles that grow with the position."
-    def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
-        super().__init__()
-        freqs = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)   # one frequency per channel pair
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)             # (max_len, head_size/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
-
-    def forward(self, q, k, start: int = 0):
-        T = q.size(-2)
-        cos, sin = self.cos[start:start + T].to(q.dtype), self.sin[start:start + T].to(q.dtype)
-        def rotate(x):
-            x1, x2 = x[..., 0::2], x[..., 1::2]
-            return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-        return rotate(q), rotate(k)
-
 FP32_ATTENTION = {"mps"}   # devices where attention runs in fp32 under autocast: MPS's half-precision kernels have had causal-mask bugs
 
 class CausalSelfAttention(nn.Module):
     "Multi-head causal self-attention; `flash` picks `F.scaled_dot_product_attention` over the written-out version."
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, flash: bool = True,
-                 rope: bool = False, qk_norm: bool = False, block_size: int = 1024):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, flash: bool = True):
         super().__init__()
         if n_embd % n_head: raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_head, self.n_embd, self.dropout, self.flash, self.qk_norm = n_head, n_embd, dropout, flash, qk_norm
-        self.rope = RotaryEmbedding(n_embd // n_head, block_size) if rope else None
+        self.n_head, self.n_embd, self.dropout, self.flash = n_head, n_embd, dropout, flash
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # queries, keys, values of all heads
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # mixes the heads' outputs
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x):                                        # (B, T, n_embd)
+        q, k, v = self.qkv(x)                                    # each (B, n_head, T, head_size)
+        return self.out(self.attend(q, k, v))                    # (B, T, n_embd)
+
+    def qkv(self, x):
+        "The queries, keys and values of every head: `(B, T, n_embd)` -> three `(B, n_head, T, head_size)`."
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if self.qk_norm: q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-        if self.rope is not None: q, k = self.rope(q, k, start=kv_cache.len if kv_cache is not None else 0)
-        if kv_cache is not None: k, v = kv_cache.update(k, v)     # keys and values of all positions so far
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+
+    def attend(self, q, k, v):
+        "Causal attention in every head at once, by the fused kernel (`flash`) or by `causal_attention`."
         p = self.dropout if self.training else 0.0
         if q.device.type in FP32_ATTENTION and (q.dtype != torch.float32 or v.dtype != torch.float32):
-            # half precision where its kernels are not trusted (v may be half while qk_norm left q, k in fp32): compute in fp32
-            with torch.autocast(q.device.type, enabled=False): y = self._attend(q.float(), k.float(), v.float(), p).to(v.dtype)
-        else: y = self._attend(q, k, v, p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)          # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+            # half precision where its kernels are not trusted: compute in fp32, hand back the input's dtype
+            with torch.autocast(q.device.type, enabled=False): return self._attend(q.float(), k.float(), v.float(), p).to(v.dtype)
+        return self._attend(q, k, v, p)
 
     def _attend(self, q, k, v, p: float):
         if not self.flash: return causal_attention(q, k, v, dropout_p=p)
@@ -77,3 +60,8 @@ class CausalSelfAttention(nn.Module):
         if T == S: return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)   # queries are the last T of S positions
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+    def out(self, y):
+        "The heads side by side again, `(B, n_head, T, head_size)` -> `(B, T, n_embd)`, mixed by `c_proj`."
+        B, H, T, D = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, H * D)))

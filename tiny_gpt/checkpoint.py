@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from .core import LoadError, atomic_write_json, safe_load, sha256_file
-from .model import GPTConfig, clean_state_dict
+from .model import clean_state_dict
+from .modern import config_from_dict
 from .training import Callback
 
 # %% auto #0
@@ -185,7 +186,7 @@ def export(out_dir, dest, which: str = "best") -> Path:
     "Write the weights of checkpoint `which` as safetensors, with config.json and tokenizer.json, into `dest`."
     src, dest = Path(out_dir), Path(dest)
     state = CheckpointManager(src).load(which)
-    model_cfg = GPTConfig(**state["model_config"])
+    model_cfg = config_from_dict(state["model_config"])
     weights = {k: v.contiguous() for k, v in clean_state_dict(state["model"]).items()}
     if model_cfg.tie_weights: weights.pop("lm_head.weight", None)    # the same tensor as wte.weight
     dest.mkdir(parents=True, exist_ok=True)

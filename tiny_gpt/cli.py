@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 
 from .data import DownloadError, prepare_data
 from .model import GPTConfig
+from .modern import ModernConfig
 from .tokenization import TOKENIZERS
 from .device import DEVICE_MEMORY, DeviceError, GiB, estimate_memory
 from .training import TrainConfig, TrainingDiverged
@@ -37,6 +38,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         h = action.help or ""
         return h if "(default" in h or action.default in (None, argparse.SUPPRESS) else super()._get_help_string(action)
+
+_PLAIN = {f.name for f in fields(GPTConfig)}   # ModernConfig's own options are the rest
 
 def _add_fields(parser, cls, skip=()):
     docs = _field_docs(cls)
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--final_sample", type=int, default=500, help="tokens to sample and print after training (0: none)")
     sp.add_argument("--resume", default=None, help="continue a run: latest, best, auto (latest if any, else start) or a checkpoint path")
     data_args(sp)
-    _add_fields(sp, GPTConfig, skip=("vocab_size",))   # the tokenizer decides the vocabulary
+    _add_fields(sp, GPTConfig, skip=("vocab_size",))
+    _add_fields(sp, ModernConfig, skip=_PLAIN)         # the modern GPT's switches   # the tokenizer decides the vocabulary
     _add_fields(sp, TrainConfig)
 
     sp = sub.add_parser("sample", help="generate text from a trained model",
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample_tokens", type=int, default=0, help="also time generating this many tokens with and without the KV cache")
     sp.add_argument("--json", default=None, help="write the results to this JSON file")
     _add_fields(sp, GPTConfig, skip=("vocab_size",))
+    _add_fields(sp, ModernConfig, skip=_PLAIN)         # the modern GPT's switches
     _add_fields(sp, TrainConfig, skip=("sample_tokens",))
 
     sp = sub.add_parser("estimate", help="estimate the memory each preset needs on a T4, an A100 and an M4",

@@ -169,7 +169,7 @@ DEVICE_MEMORY = {"T4 (16 GB)": 15 * GiB, "A100 (40 GB)": 39.5 * GiB, "M4 (16 GB)
 def estimate_memory(model_cfg: GPTConfig, batch_size: int, precision: str = "fp32", device_type: str = "cuda",
                     optimizer: str = "adamw") -> dict:
     "A rough estimate, in bytes, of the memory a training step of `batch_size` sequences needs, by part and in total."
-    with torch.device("meta"): n = GPT(model_cfg).num_params()
+    with torch.device("meta"): n = model_cfg.build().num_params()
     act = 2 if precision in ("bf16", "fp16") else 4               # bytes per activation under autocast
     B, T, C, L, H, V = batch_size, model_cfg.block_size, model_cfg.n_embd, model_cfg.n_layer, model_cfg.n_head, model_cfg.padded_vocab_size
     materialised = not model_cfg.flash or device_type == "mps"

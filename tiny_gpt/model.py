@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention
 
 # %% auto #0
-__all__ = ['GPTConfig', 'ReLU2', 'MLP', 'Block', 'KVCache', 'sampling_device', 'sample_next', 'evaluating', 'GPT',
+__all__ = ['GPTConfig', 'MLP', 'KVCache', 'CachedSelfAttention', 'Block', 'sampling_device', 'sample_next', 'evaluating', 'GPT',
            'generate_text', 'clean_state_dict', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
@@ -32,13 +32,6 @@ class GPTConfig:
     tie_weights: bool = True  # share the token embedding with the output layer
     flash: bool = True        # fused scaled_dot_product_attention, else the written-out attention
     vocab_multiple: int = 1   # pad the embedding and output rows to a multiple of this (64: faster matmuls on GPUs)
-    # "modern GPT" switches (the modern GPT chapter explains and measures each); off = GPT-2
-    rope: bool = False        # rotary position embeddings instead of learned positions
-    qk_norm: bool = False     # RMS-normalise queries and keys
-    mlp: str = "gelu"         # gelu, or relu2 (squared ReLU)
-    zero_init_proj: bool = False  # start the residual output projections at zero
-    zero_init_head: bool = False  # start the (untied) output layer at zero
-    softcap: float = 0.0      # cap the logits smoothly at +-softcap (0: off)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -47,42 +40,26 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                              f"each head gets n_embd / n_head channels")
         if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.mlp not in ("gelu", "relu2"): raise ValueError(f"mlp must be gelu or relu2, got {self.mlp!r}")
-        if self.zero_init_head and self.tie_weights:
-            raise ValueError("zero_init_head needs tie_weights=False (a zero embedding would learn nothing)")
         if self.vocab_multiple < 1: raise ValueError(f"vocab_multiple must be at least 1, got {self.vocab_multiple}")
 
     @property
     def padded_vocab_size(self) -> int: return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
-# %% ../nbs/04_model.ipynb #b3ff297d
-class ReLU2(nn.Module):
-    "Squared ReLU."
-    def forward(self, x): return F.relu(x).square()
+    def build(self) -> GPT:
+        "A freshly initialised model of this shape (the modern GPT chapter's config builds its own kind)."
+        return GPT(self)
 
+# %% ../nbs/04_model.ipynb #b3ff297d
 class MLP(nn.Module):
     "Position-wise feed-forward network: widen 4×, GELU, project back."
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, act: nn.Module | None = None):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.act = nn.GELU(approximate="tanh") if cfg.mlp == "gelu" else ReLU2()   # GPT-2's GELU, or ReLU²
+        self.act = act or nn.GELU(approximate="tanh")   # GPT-2's GELU (the tanh approximation)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x): return self.dropout(self.c_proj(self.act(self.c_fc(x))))
-
-class Block(nn.Module):
-    "One transformer block: pre-norm attention and MLP, each added to the residual stream."
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.flash, cfg.rope, cfg.qk_norm, cfg.block_size)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
-        return x + self.mlp(self.ln_2(x))
 
 # %% ../nbs/04_model.ipynb #205075a1
 class KVCache:
@@ -99,6 +76,28 @@ class KVCache:
         self.k[:, :, self.len:self.len + T] = k; self.v[:, :, self.len:self.len + T] = v
         self.len += T
         return self.k[:, :, :self.len], self.v[:, :, :self.len]
+
+# %% ../nbs/04_model.ipynb #5c1d2e7b
+class CachedSelfAttention(CausalSelfAttention):
+    "The attention chapter's `CausalSelfAttention`, with an optional `KVCache` of the positions before `x`."
+    def forward(self, x, kv_cache: KVCache | None = None):
+        q, k, v = self.qkv(x)                                    # the new positions only
+        if kv_cache is not None: k, v = kv_cache.update(k, v)    # ... and the keys and values of all positions so far
+        return self.out(self.attend(q, k, v))
+
+# %% ../nbs/04_model.ipynb #8d3e5a20
+class Block(nn.Module):
+    "One transformer block: pre-norm attention and MLP, each added to the residual stream."
+    def __init__(self, cfg: GPTConfig, attn: nn.Module | None = None, mlp: nn.Module | None = None):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = attn or CachedSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.flash)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = mlp or MLP(cfg)
+
+    def forward(self, x, kv_cache: KVCache | None = None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
 
 # %% ../nbs/04_model.ipynb #844f2989
 def sampling_device(device) -> torch.device:
@@ -137,18 +136,17 @@ class GPT(nn.Module):
         self.cfg = cfg
         V = cfg.padded_vocab_size
         self.wte = nn.Embedding(V, cfg.n_embd)                  # token embedding
-        self.wpe = None if cfg.rope else nn.Embedding(cfg.block_size, cfg.n_embd)   # learned positions (RoPE: none)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)     # position embedding: one learned vector per position
         self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(self.make_block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, V, bias=False)
         if cfg.tie_weights: self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():                 # residual projections: scaled for depth
-            if name.endswith("c_proj.weight"):
-                if cfg.zero_init_proj: nn.init.zeros_(p)
-                else: nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
-        if cfg.zero_init_head: nn.init.zeros_(self.lm_head.weight)
+            if name.endswith("c_proj.weight"): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def make_block(self, cfg: GPTConfig) -> Block: return Block(cfg)
 
     def _init_weights(self, m):
         if isinstance(m, nn.Linear):
@@ -159,28 +157,27 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_caches=None):
         "Logits for `idx` `(B, T)`, and the loss when `targets` are given (else logits of the last position only)."
         B, T = idx.shape
-        start = kv_caches[0].len if kv_caches else 0
+        start = kv_caches[0].len if kv_caches else 0            # with caches, `idx` continues the cached positions
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
-        x = self.wte(idx)
-        if self.wpe is not None: x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
-        x = self.drop(x)
+        x = self.drop(self.embed(idx, start))
         for i, block in enumerate(self.h): x = block(x, kv_caches[i] if kv_caches else None)
         x = self.ln_f(x)
-        if targets is None: return self._logits(x[:, [-1]])[..., :self.cfg.vocab_size], None   # generation: last position
-        logits = self._logits(x)
+        if targets is None: return self.logits(x[:, [-1]])[..., :self.cfg.vocab_size], None   # generation: last position
+        logits = self.logits(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
-    def _logits(self, x):
-        logits = self.lm_head(x)
-        if self.cfg.softcap: logits = self.cfg.softcap * torch.tanh(logits / self.cfg.softcap)
-        return logits
+    def embed(self, idx, start: int = 0):
+        "Token plus position embeddings of `idx`, whose first token sits at position `start`."
+        return self.wte(idx) + self.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
+
+    def logits(self, x): return self.lm_head(x)
 
     def num_params(self, non_embedding: bool = False) -> int:
         "Parameter count (shared weights once); `non_embedding` leaves out the position embedding, as GPT papers count."
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
+        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n   # (a modern GPT may have no wpe)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

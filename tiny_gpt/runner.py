@@ -12,6 +12,7 @@ import torch
 from .core import safe_load
 from .data import prepare_data
 from .model import GPTConfig
+from .modern import ModernConfig, config_from_dict
 from .tokenization import Tokenizer
 from .device import choose_device, choose_precision, set_tf32
 from .training import Trainer, TrainConfig
@@ -64,10 +65,10 @@ def auto_preset(device) -> str:
     return {"cuda": "shakespeare-char", "mps": "small"}.get(kind, "speedrun-char")
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    "Split `overrides` into `GPTConfig` and `TrainConfig` fields; unknown names raise `ValueError`."
-    mk, tk = {f.name for f in fields(GPTConfig)}, {f.name for f in fields(TrainConfig)}
+    "Split `overrides` into model fields (`ModernConfig`'s, which include `GPTConfig`'s) and `TrainConfig` fields; unknown names raise `ValueError`."
+    mk, tk = {f.name for f in fields(ModernConfig)}, {f.name for f in fields(TrainConfig)}
     if bad := sorted(set(overrides) - mk - tk):
-        raise ValueError(f"unknown setting{'s' if len(bad) > 1 else ''} {', '.join(bad)}; see TrainConfig and GPTConfig "
+        raise ValueError(f"unknown setting{'s' if len(bad) > 1 else ''} {', '.join(bad)}; see TrainConfig, GPTConfig and ModernConfig "
                          "(tiny-gpt train --help lists them)")
     return {k: v for k, v in overrides.items() if k in mk}, {k: v for k, v in overrides.items() if k in tk}
 
@@ -78,7 +79,7 @@ def get_preset(name: str = "tiny", **overrides) -> tuple[GPTConfig, TrainConfig]
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of auto, {', '.join(PRESETS)}")
     p = PRESETS[name]
     if "grad_accum_steps" in train_kw and "tokens_per_step" not in train_kw: train_kw["tokens_per_step"] = 0   # explicit wins
-    return GPTConfig(**{**p.model, **model_kw}), TrainConfig(**{**p.train, **train_kw})
+    return config_from_dict({**p.model, **model_kw}), TrainConfig(**{**p.train, **train_kw})   # a modern switch: a ModernConfig
 
 # %% ../nbs/08a_runner.ipynb #43e73eb9
 def train(preset: str = "auto", data: str | None = None, tokenizer: str | None = None, out_dir=None, cache_dir=None,
@@ -102,8 +103,8 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
         raise ValueError(f"{out_dir} already holds the checkpoints of a run (up to step {old[-1].step:,}). Continue it with "
                          f"--resume latest (resume='latest'), or train into another --out_dir")
     if state is not None:   # the run's own settings, then what was asked for now (e.g. more max_iters)
-        model_cfg = GPTConfig(**state["model_config"])
-        if any(getattr(model_cfg, k) != v for k, v in model_kw.items()):
+        model_cfg = config_from_dict(state["model_config"])
+        if any(getattr(model_cfg, k, getattr(ModernConfig, k)) != v for k, v in model_kw.items()):   # (a GPT-2 run: switches off)
             raise ValueError(f"a resumed run keeps its model shape; leave out {sorted(model_kw)} or start a new out_dir")
         saved = {**state["train_config"]}
         if isinstance(saved.get("compile"), str): saved["compile"] = {"on": True, "off": False}.get(saved["compile"])  # older runs

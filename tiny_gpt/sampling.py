@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from .core import atomic_open, atomic_write_json, safe_load
-from .model import GPT, GPTConfig, clean_state_dict, generate_text
+from .model import GPT, clean_state_dict, generate_text
+from .modern import config_from_dict
 from .tokenization import Tokenizer
 from .device import choose_device, choose_precision
 from .training import Trainer
@@ -44,13 +45,13 @@ def load_run(out_dir, device="auto") -> tuple[GPT, Tokenizer, dict]:
     meta = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     if (out / "model.pt").exists():                     # written by training
         ckpt = safe_load(out / "model.pt", what="model file")
-        model_cfg, state = GPTConfig(**ckpt["model_config"]), clean_state_dict(ckpt["model"])
+        model_cfg, state = config_from_dict(ckpt["model_config"]), clean_state_dict(ckpt["model"])
     elif (out / "model.safetensors").exists():          # an export for sharing
-        model_cfg, state = GPTConfig(**meta["model"]), load_file(str(out / "model.safetensors"))
+        model_cfg, state = config_from_dict(meta["model"]), load_file(str(out / "model.safetensors"))
     else:
         raise FileNotFoundError(f"no model.pt or model.safetensors in {out}: train a model first "
                                 f"(tiny-gpt train --out_dir {out}) or pass its folder")
-    model = GPT(model_cfg)
+    model = model_cfg.build()
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - ({"lm_head.weight"} if model_cfg.tie_weights else set()):
         raise ValueError(f"{out}: the weights do not fit the model (missing {missing}, unexpected {unexpected})")

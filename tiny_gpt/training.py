@@ -108,7 +108,7 @@ class Trainer:
         self.device = choose_device(c.device)
         self.precision = choose_precision(self.device, c.dtype)
         seed_everything(c.seed)
-        self.model = GPT(model_cfg).to(self.device)
+        self.model = model_cfg.build().to(self.device)        # a GPT (or the modern GPT its config asks for)
         self.optimizer = configure_optimizer(self.model, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), self.device,
                                              c.adamw_impl, c.optimizer, c.muon_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
