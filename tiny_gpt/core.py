@@ -129,11 +129,12 @@ def machine() -> str:
     "`cuda`, `mps` or `cpu`: the best device PyTorch sees here."
     return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
-def settings(cpu: dict, mps: dict | None = None, cuda: dict | None = None, quick: dict | None = None) -> dict:
-    "The size of a notebook's work here: `cuda`, `mps` or `cpu` by the machine (each falls back to the smaller), `quick` under `QUICK`."
+def settings(cpu: dict, mps: dict | None = None, cuda: dict | None = None, quick: dict | None = None, note: str = "") -> dict:
+    """The size of a notebook's work here: `cuda`, `mps` or `cpu` by the machine (each falls back to the smaller), `quick` under `QUICK`;
+    `note` says why, for a notebook whose work is the same everywhere."""
     where = machine()
     chosen = {"cpu": cpu, "mps": mps or cpu, "cuda": cuda or mps or cpu}[where]
     why = f"{where}: " + {"cuda": "an NVIDIA GPU", "mps": "an Apple GPU", "cpu": "no GPU found"}[where]
     if QUICK: chosen, why = {**chosen, **(quick or {})}, f"{why}; quick smoke run (TINY_GPT_QUICK=1 or the test suite)"
-    print(f"settings for {why}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    print(f"settings for {why}: " + ", ".join([f"{k}={v}" for k, v in chosen.items()] + ([note] if note else [])))
     return {**chosen, "device": where}

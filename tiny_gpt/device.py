@@ -124,10 +124,10 @@ def should_compile(device, compile: bool | None = None, max_iters: int = 0, max_
     return True, "auto: CUDA on Linux, a run long enough to win back the compilation"
 
 # %% ../nbs/04a_device.ipynb #2932f79c
-PEAK_FLOPS = [  # (whole word(s) in torch.cuda.get_device_name(), dense bf16/fp16 tensor-core FLOP/s); first match wins
+PEAK_FLOPS = [  # (whole word(s) in torch.cuda.get_device_name(), dense bf16/fp16 tensor-core FLOP/s or None: unknown); first match wins
     ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
     ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
-    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+    ("RTX 4090 Laptop", None), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
 ]
 
 def peak_flops(device, name: str | None = None, precision: str = "bf16", tf32: bool | None = None,

@@ -13,7 +13,7 @@ from .checkpoint import CheckpointError
 from .training import Callback
 
 # %% auto #0
-__all__ = ['backup_target', 'DriveBackupCallback', 'restore_run']
+__all__ = ['backup_target', 'on_drive', 'DriveBackupCallback', 'restore_run']
 
 # %% ../nbs/08_drive_backup.ipynb #8164fb9a
 def backup_target(backup_dir, out_dir) -> Path:
@@ -24,15 +24,19 @@ def backup_target(backup_dir, out_dir) -> Path:
                              "(--backup_dir PATH), or set TINY_GPT_DRIVE_DIR")
         drive_utils.mount()
         backup_dir = drive_utils.default_target()
-    elif str(Path(backup_dir).resolve()).startswith(drive_utils.DRIVE_MOUNT): drive_utils.mount()   # mounted again if flushed
+    elif on_drive(backup_dir): drive_utils.mount()   # mounted again if flushed
     return Path(backup_dir) / Path(out_dir).resolve().name
+
+def on_drive(path) -> bool:
+    "True if `path` lies under the mount point of Google Drive."
+    return Path(path).resolve().is_relative_to(drive_utils.DRIVE_MOUNT)
 
 class DriveBackupCallback(Callback):
     "Training callback: copy each saved checkpoint (and the run's tokenizer) to a backup folder; the best is kept."
     order = 60   # after the Checkpointer (50): at the end of a run, the last checkpoint exists before it is copied
     def __init__(self, out_dir, backup_dir, keep_last: int = 3, background: bool = True, log=print):
         self.out_dir = Path(out_dir)
-        self.on_drive = str(backup_dir) == "drive" or str(Path(backup_dir).resolve()).startswith(drive_utils.DRIVE_MOUNT)
+        self.on_drive = str(backup_dir) == "drive" or on_drive(backup_dir)
         self.backup = drive_utils.DriveBackup(backup_target(backup_dir, out_dir), keep_last=keep_last,
                                               pattern="checkpoints/ckpt_*.pt", background=background, log=log)
         self.sent, self.best = {}, None
@@ -57,7 +61,7 @@ class DriveBackupCallback(Callback):
                         f" (waited {time.perf_counter() - t0:.1f} s for the last copies)"
                         + (f"; {len(self.backup.errors)} failed, the last: {self.backup.errors[-1]}" if self.backup.errors else ""))
             if self.on_drive:   # Colab uploads in the background: only a flush waits until Drive has everything
-                if str(self.out_dir.resolve()).startswith(drive_utils.DRIVE_MOUNT): os.sync()   # the run itself is on Drive: keep it mounted
+                if on_drive(self.out_dir): os.sync()   # the run itself is on Drive: keep it mounted
                 else: drive_utils.flush(log=trainer.log)
 
 def restore_run(backup_dir, out_dir) -> Path | None:

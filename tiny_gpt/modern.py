@@ -38,12 +38,12 @@ class RotaryEmbedding(nn.Module):
             return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
         return rotate(q), rotate(k)
 
-# %% ../nbs/05a_modern.ipynb #5fb20f4b
+# %% ../nbs/05a_modern.ipynb #ddc47187
 class ReLU2(nn.Module):
     "Squared ReLU: `relu(x)²`."
     def forward(self, x): return F.relu(x).square()
 
-# %% ../nbs/05a_modern.ipynb #813ea655
+# %% ../nbs/05a_modern.ipynb #1fddae5e
 class ModernSelfAttention(CachedSelfAttention):
     "Causal self-attention with a KV cache, and optionally QK-norm and rotary positions."
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, flash: bool = True,
@@ -59,7 +59,7 @@ class ModernSelfAttention(CachedSelfAttention):
         if kv_cache is not None: k, v = kv_cache.update(k, v)
         return self.out(self.attend(q, k, v))
 
-# %% ../nbs/05a_modern.ipynb #2c9e9517
+# %% ../nbs/05a_modern.ipynb #38236bd3
 @dataclass
 class ModernConfig(GPTConfig):
     "A `GPTConfig` with the switches of the modern GPT chapter; all of them off is GPT-2."
@@ -100,7 +100,7 @@ class ModernGPT(GPT):
         logits = self.lm_head(x)
         return self.cfg.softcap * torch.tanh(logits / self.cfg.softcap) if self.cfg.softcap else logits
 
-# %% ../nbs/05a_modern.ipynb #0833a4a6
+# %% ../nbs/05a_modern.ipynb #f5f210e6
 def config_from_dict(d: dict) -> GPTConfig:
     "A model config saved as a dict (`asdict`) back as a `GPTConfig`, or as a `ModernConfig` if it has any of the switches."
     plain = {f.name for f in fields(GPTConfig)}
