@@ -15,6 +15,7 @@ min_python = cfg["min_python"]
 
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+optional = shlex.split(cfg.get("optional_requirements", ""))   # each its own extra, e.g. pip install "tiny_gpt[tensorboard]"
 console_scripts = cfg.get("console_scripts", "").split()
 
 setup(
@@ -38,7 +39,7 @@ setup(
     include_package_data=True,
     python_requires=f">={min_python}",
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements, "all": optional, **{name: [name] for name in optional}},
     entry_points={"console_scripts": console_scripts, "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,
 )

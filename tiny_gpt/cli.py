@@ -47,6 +47,10 @@ def _add_fields(parser, cls, skip=()):
     for f in fields(cls):
         if f.name in skip: continue
         default = f.default if f.default is not MISSING else None
+        if f.name == "live_plot": continue   # a notebook's setting: in a terminal, the progress bar is the live view
+        if f.name == "loggers":
+            group.add_argument("--loggers", "--log", default=None, metavar="LOGGERS", help=f"{docs.get(f.name, '')} (default: auto)")
+            continue
         if f.name == "compile":   # True, False or None: on, off or auto
             group.add_argument("--compile", type=_parse_compile, nargs="?", const=True, metavar="{auto,on,off}",
                                help=f"{docs.get(f.name, '')} (default: auto)")

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IN_TEST', 'IN_COLAB', 'QUICK', 'FULL_RUN', 'test_eq', 'test_ne', 'test_close', 'test_fail', 'atomic_open',
-           'atomic_write_text', 'atomic_write_json', 'sha256_bytes', 'sha256_text', 'sha256_file', 'seed_everything',
-           'LoadError', 'safe_load', 'machine', 'settings']
+__all__ = ['IN_TEST', 'IN_COLAB', 'QUICK', 'FULL_RUN', 'in_notebook', 'test_eq', 'test_ne', 'test_close', 'test_fail',
+           'atomic_open', 'atomic_write_text', 'atomic_write_json', 'sha256_bytes', 'sha256_text', 'sha256_file',
+           'seed_everything', 'LoadError', 'safe_load', 'machine', 'settings']
 
 # %% ../nbs/00_core.ipynb #40d6caf8
 IN_TEST = bool(os.environ.get("IN_TEST"))  # set by `nbdev_test`: notebooks shrink their work
@@ -23,6 +23,12 @@ QUICK = IN_TEST or os.environ.get("TINY_GPT_QUICK", "0") not in ("", "0")   # a 
 FULL_RUN = os.environ.get("TINY_GPT_FULL", "0") not in ("", "0")            # also the long cells (each says how long)
 if IN_TEST and "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)  # nbdev_test runs one notebook per core: more threads each would fight over the cores
+
+def in_notebook() -> bool:
+    "True inside a Jupyter or Colab kernel, where output can be redrawn in place (not a terminal, a script or `nbdev_test`)."
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
+    return type(shell).__name__ in ("ZMQInteractiveShell", "Shell")   # Jupyter's kernel; Colab's
 
 # %% ../nbs/00_core.ipynb #09b0b05b
 def _equal(a, b) -> bool:

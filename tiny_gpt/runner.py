@@ -18,6 +18,7 @@ from .device import choose_device, choose_precision, set_tf32
 from .training import Trainer, TrainConfig
 from .sampling import save_run
 from .checkpoint import CheckpointManager, Checkpointer
+from .monitor import RunLogger, make_loggers
 from .drive import DriveBackupCallback
 
 # %% auto #0
@@ -117,6 +118,7 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
         tok = tokenizer or "char"
     device = choose_device(train_cfg.device)
     choose_precision(device, train_cfg.dtype)   # fail before the data work
+    loggers = make_loggers(train_cfg.loggers) if out_dir is not None else []   # an unknown or missing logger too
     td = prepare_data(data or "tinyshakespeare", tok, cache_dir=cache_dir, bpe_vocab_size=bpe_vocab_size, progress=train_cfg.progress)
     for split in ("train", "val"):
         if len(getattr(td, split)) <= model_cfg.block_size + 1:
@@ -127,7 +129,7 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
                                       background=train_cfg.backup_background) if train_cfg.backup_dir else None)
         manager = manager or CheckpointManager(out_dir, keep_last=keep_last)
         td.tokenizer.save(Path(out_dir) / "tokenizer.json")   # before training: checkpoints are usable at once
-        callbacks = [*callbacks, Checkpointer(manager, train_cfg.save_every), *([backup] if backup else [])]
+        callbacks = [*callbacks, Checkpointer(manager, train_cfg.save_every), RunLogger(out_dir, loggers), *([backup] if backup else [])]
     if device.type == "cuda": set_tf32(True)   # fp32 matmuls on tensor cores (Ampere and newer); the header shows it
     trainer = Trainer(model_cfg, train_cfg, td, callbacks=callbacks, log=log)
     if state is not None:

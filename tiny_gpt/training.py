@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .core import seed_everything
+from .core import in_notebook, seed_everything
 from .data import BatchSampler, TextData
 from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, generate_text
 from .device import available_memory, choose_device, choose_precision, estimate_memory, memory_line, peak_flops, should_compile
@@ -20,7 +20,7 @@ from .optim import configure_optimizer, lr_at, set_lr
 
 # %% auto #0
 __all__ = ['TrainConfig', 'Callback', 'TrainingDiverged', 'run_header', 'Trainer', 'ProgressBar', 'LogLines', 'SampleText',
-           'EarlyStopping', 'default_callbacks', 'plot_history']
+           'EarlyStopping', 'LivePlot', 'default_callbacks', 'plot_history']
 
 # %% ../nbs/05_training.ipynb #0ee08270
 @dataclass
@@ -55,6 +55,8 @@ class TrainConfig:
     compile: bool | None = None   # torch.compile: True, False, or None to decide by the device (on for CUDA on Linux)
     seed: int = 1337              # seeds the model init, dropout and the batch order
     progress: bool = True         # show a progress bar (else print a line every log_interval steps)
+    live_plot: bool | None = None # redraw the loss curves in place (None: in Jupyter or Colab, with the progress bar)
+    loggers: str = "auto"         # with an out_dir: auto (jsonl, plus tensorboard if installed), none, or e.g. jsonl,tensorboard,wandb
     save_every: int = 0           # save a checkpoint every this many steps (0: at every evaluation)
     keep_last: int = 3            # checkpoints kept besides the best and the latest
     backup_dir: str = ""          # also copy each checkpoint here (drive: Google Drive's MyDrive/tiny_gpt_checkpoints)
@@ -69,6 +71,7 @@ class TrainConfig:
         if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
         if self.optimizer not in ("adamw", "muon"): raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.compile not in (None, True, False): raise ValueError(f"compile must be True, False or None (auto), got {self.compile!r}")
+        if self.live_plot not in (None, True, False): raise ValueError(f"live_plot must be True, False or None (auto), got {self.live_plot!r}")
 
 # %% ../nbs/05_training.ipynb #fa5d391d
 class Callback:
@@ -80,6 +83,8 @@ class Callback:
     def on_eval(self, trainer, row: dict, improved: bool): "After each evaluation; `improved`: a new best val loss."
     def on_checkpoint(self, trainer, ckpt): "After a checkpoint is saved (the checkpoints chapter)."
     def on_stop(self, trainer): "Once, when `fit` ends for any reason (`trainer.stop_reason` says which)."
+    def state_dict(self) -> dict | None: "What a checkpoint keeps of this callback (None: nothing), e.g. a logger's run id."
+    def load_state_dict(self, state: dict): "Take back what `state_dict` gave, when a run resumes."
 
 # %% ../nbs/05_training.ipynb #c3e7b587
 class TrainingDiverged(RuntimeError):
@@ -125,6 +130,7 @@ class Trainer:
         self.step, self.best_val, self.bad_evals = 0, float("inf"), 0
         self.history = {"train": [], "eval": []}
         self.stop_reason, self.elapsed = None, 0.0   # elapsed: seconds of training, over all sessions of a resumed run
+        self.last_sample = None                      # the latest text of `SampleText`, for loggers
         self.mid_step = False                        # True while a step is half done (then its state is no checkpoint)
         self._stop_requested, self._eval_seconds, self._t_start = False, 0.0, None
         self._flops_per_token = flops_per_token(model_cfg, self.model.num_params(non_embedding=True))
@@ -295,7 +301,8 @@ class Trainer:
                 "samplers": {"train": self.train_batches.state_dict(),
                              **{f"eval_{k}": s.state_dict() for k, s in self.eval_batches.items()}},
                 "model_config": asdict(self.model_cfg), "train_config": asdict(self.train_cfg),
-                "tokenizer": self.data.tokenizer.fingerprint, "data": self.data.source}
+                "tokenizer": self.data.tokenizer.fingerprint, "data": self.data.source,
+                "callbacks": {type(cb).__name__: s for cb in self.callbacks if (s := cb.state_dict()) is not None}}
 
     def load_state_dict(self, state: dict):
         "Continue from `state_dict()`: the next step is the one the saved run would have taken."
@@ -313,6 +320,8 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.train_batches.load_state_dict(state["samplers"]["train"])
         for k, s in self.eval_batches.items(): s.load_state_dict(state["samplers"][f"eval_{k}"])
+        for cb in self.callbacks:
+            if (s := state.get("callbacks", {}).get(type(cb).__name__)) is not None: cb.load_state_dict(s)
 
 # %% ../nbs/05_training.ipynb #5db3bbb7
 def _postfix(t) -> dict:
@@ -345,7 +354,9 @@ class SampleText(Callback):
     "Print `tokens` tokens of text generated from `prompt` at each evaluation."
     order = 10
     def __init__(self, tokens: int = 200, prompt: str = "\n"): self.tokens, self.prompt = tokens, prompt
-    def on_eval(self, t, row, improved): t.log(f"--- sample ---\n{t.sample(self.prompt, self.tokens)}\n---")
+    def on_eval(self, t, row, improved):
+        t.last_sample = t.sample(self.prompt, self.tokens)
+        t.log(f"--- sample ---\n{t.last_sample}\n---")
 
 class EarlyStopping(Callback):
     "Stop the run after `patience` evaluations in a row without a better val loss."
@@ -354,11 +365,30 @@ class EarlyStopping(Callback):
     def on_eval(self, t, row, improved):
         if t.bad_evals >= self.patience: t.request_stop("early stopping")
 
+class LivePlot(Callback):
+    "In a notebook: the curves of `plot_history` (below), drawn in place at each evaluation and every `every` log rows."
+    order = 40
+    def __init__(self, every: int = 10, display=None):
+        self.every, self.display, self.handle, self.n = every, display, None, 0   # display: IPython's, or a stand-in
+    def on_log(self, t, row):
+        self.n += 1
+        if self.n % self.every == 0: self.draw(t)
+    def on_eval(self, t, row, improved): self.draw(t)
+    def draw(self, t):
+        if not t.history["eval"]: return
+        import matplotlib.pyplot as plt
+        fig = plot_history(t.history, f"step {t.step:,} of {t.train_cfg.max_iters:,}")
+        plt.close(fig)                                      # shown through the display handle only, not again at the end
+        if self.handle is not None: self.handle.update(fig); return
+        if self.display is None: from IPython.display import display as d; self.display = d
+        self.handle = self.display(fig, display_id=True)
+
 def default_callbacks(train_cfg: TrainConfig) -> list[Callback]:
-    "The callbacks a `TrainConfig` asks for: a progress bar or log lines, samples at each evaluation, early stopping."
+    "The callbacks a `TrainConfig` asks for: a progress bar or log lines, samples, early stopping, a live plot in a notebook."
     c = train_cfg
+    live = c.progress and in_notebook() if c.live_plot is None else c.live_plot
     return [ProgressBar() if c.progress else LogLines(), *([SampleText(c.sample_tokens, c.sample_prompt)] if c.sample_tokens else []),
-            *([EarlyStopping(c.patience)] if c.patience else [])]
+            *([EarlyStopping(c.patience)] if c.patience else []), *([LivePlot()] if live else [])]
 
 # %% ../nbs/05_training.ipynb #24733a06
 def plot_history(history: dict, title: str = ""):
