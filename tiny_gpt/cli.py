@@ -14,6 +14,7 @@ from .tokenization import TOKENIZERS
 from .device import DEVICE_MEMORY, DeviceError, GiB, estimate_memory
 from .training import TrainConfig, TrainingDiverged
 from .runner import PRESETS, auto_preset, get_preset, train
+from .diagnose import diagnose_run, plot_runs
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -91,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out_dir", default="out", help="folder for model.pt, config.json, tokenizer.json and history.json")
     sp.add_argument("--final_sample", type=int, default=500, help="tokens to sample and print after training (0: none)")
     sp.add_argument("--resume", default=None, help="continue a run: latest, best, auto (latest if any, else start) or a checkpoint path")
+    sp.add_argument("--init_from", default=None, help="start from OpenAI's weights and fine-tune: gpt2, gpt2-medium, gpt2-large, "
+                                                      "gpt2-xl or a folder with config.json and model.safetensors (preset auto: gpt2-finetune)")
     data_args(sp)
-    _add_fields(sp, GPTConfig, skip=("vocab_size",))
-    _add_fields(sp, ModernConfig, skip=_PLAIN)         # the modern GPT's switches   # the tokenizer decides the vocabulary
+    _add_fields(sp, GPTConfig, skip=("vocab_size",))   # the tokenizer decides the vocabulary
+    _add_fields(sp, ModernConfig, skip=_PLAIN)         # the modern GPT's switches
     _add_fields(sp, TrainConfig)
 
     sp = sub.add_parser("sample", help="generate text from a trained model",
@@ -139,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Copy the newest valid checkpoint of a run, and its tokenizer, back from its backup folder.")
     sp.add_argument("--out_dir", default="out", help="the run folder to restore into; its name picks the backup (default: out)")
     sp.add_argument("--backup_dir", default="drive", help="the backup folder given to train; drive: Google Drive (default: drive)")
+    sp = sub.add_parser("diagnose", help="what went wrong in a run and what to try: loss curves, gradient spikes, LR, layers",
+                        description="Read a run's logs and checkpoint: the shape of the loss curves, gradient-norm spikes, the "
+                                    "learning-rate schedule, dead or exploding layers in one forward pass; then a verdict.")
+    sp.add_argument("--out_dir", default="out", help="the run folder (default: out)")
+    sp.add_argument("--which", default="latest", help="the checkpoint to examine: latest, best or a path (default: latest)")
+    sp = sub.add_parser("plot", help="overlay the val loss of several runs against steps, tokens and wall time, as a PNG",
+                        description="Overlay the val-loss curves of run folders against steps, tokens seen and wall time.")
+    sp.add_argument("runs", nargs="+", help="run folders (their --out_dir)")
+    sp.add_argument("--png", default="runs.png", help="where to save the figure (default: runs.png)")
     return p
 
 # %% ../nbs/10_cli.ipynb #564eaf8d
@@ -150,10 +162,10 @@ def _cmd_prepare(a):
         print(f"{split:5s} {len(arr):>12,} tokens  {arr.nbytes:>12,} bytes ({arr.dtype})  {arr.filename}")
 
 def _cmd_train(a):
-    skip = {"command", "preset", "out_dir", "final_sample", "data", "tokenizer", "bpe_vocab_size", "cache_dir", "resume"}
+    skip = {"command", "preset", "out_dir", "final_sample", "data", "tokenizer", "bpe_vocab_size", "cache_dir", "resume", "init_from"}
     overrides = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
     train(a.preset, data=a.data, tokenizer=a.tokenizer, out_dir=a.out_dir, cache_dir=a.cache_dir,
-          bpe_vocab_size=a.bpe_vocab_size, final_sample=a.final_sample, resume=a.resume, **overrides)
+          bpe_vocab_size=a.bpe_vocab_size, final_sample=a.final_sample, resume=a.resume, init_from=a.init_from, **overrides)
 
 def _cmd_sample(a):
     from tiny_gpt.sampling import sample
@@ -188,6 +200,10 @@ def _cmd_export(a):
     from tiny_gpt.checkpoint import export
     print(f"exported to {export(a.out_dir, a.dest, a.which)}")
 
+def _cmd_diagnose(a): print(diagnose_run(a.out_dir, which=a.which))
+
+def _cmd_plot(a): print(f"saved {plot_runs(a.runs, a.png)}")
+
 def _cmd_restore(a):
     from tiny_gpt.drive import backup_target, restore_run
     if (p := restore_run(a.backup_dir, a.out_dir)) is None:
@@ -200,7 +216,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "estimate": _cmd_estimate,
             "checkpoints": _cmd_checkpoints, "export": _cmd_export,
-            "restore": _cmd_restore}
+            "restore": _cmd_restore, "diagnose": _cmd_diagnose, "plot": _cmd_plot}
     try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:
         print(f"tiny-gpt {a.command}: error: {e}", file=sys.stderr); return 2

@@ -4,9 +4,10 @@
 
 # %% ../nbs/04_model.ipynb #e8f51c6c
 from __future__ import annotations
-import math
+import json, math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention
 
 # %% auto #0
-__all__ = ['GPTConfig', 'MLP', 'KVCache', 'CachedSelfAttention', 'Block', 'sampling_device', 'sample_next', 'evaluating', 'GPT',
-           'generate_text', 'clean_state_dict', 'flops_per_token']
+__all__ = ['GPT2_SIZES', 'GPTConfig', 'MLP', 'KVCache', 'CachedSelfAttention', 'Block', 'sampling_device', 'sample_next',
+           'evaluating', 'GPT', 'generate_text', 'clean_state_dict', 'load_gpt2', 'crop_block_size', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -174,6 +175,14 @@ class GPT(nn.Module):
 
     def logits(self, x): return self.lm_head(x)
 
+    @classmethod
+    def from_pretrained(cls, name: str = "gpt2", download=None) -> GPT:
+        "OpenAI's GPT-2 (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) from the Hugging Face hub, or from a local folder."
+        cfg, state = load_gpt2(name, download)                  # (see Loading OpenAI's GPT-2, below)
+        model = cls(cfg)
+        model.load_state_dict(state)
+        return model
+
     def num_params(self, non_embedding: bool = False) -> int:
         "Parameter count (shared weights once); `non_embedding` leaves out the position embedding, as GPT papers count."
         n = sum(p.numel() for p in self.parameters())
@@ -218,6 +227,48 @@ def clean_state_dict(state: dict) -> dict:
         while k.startswith(("_orig_mod.", "module.")): k = k.split(".", 1)[1]   # in any order, e.g. DDP around compile
         return k.replace("._orig_mod.", ".")
     return {clean(k): v for k, v in state.items()}
+
+# %% ../nbs/04_model.ipynb #383a4620
+GPT2_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}  # layers, heads, width
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")    # stored (in, out)
+
+def _hub_download(name: str) -> Path:
+    "The folder of `name`'s config.json and model.safetensors in the Hugging Face cache (downloaded on first use)."
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo_id=f"openai-community/{name}", allow_patterns=["config.json", "model.safetensors"]))
+
+def load_gpt2(name: str = "gpt2", download=None) -> tuple[GPTConfig, dict]:
+    """The `GPTConfig` and our state dict of a GPT-2 checkpoint: a name from `GPT2_SIZES` (downloaded through
+    `huggingface_hub`, or `download(name) -> folder`), or a folder with `config.json` and `model.safetensors`."""
+    from safetensors.torch import load_file
+    if Path(name).is_dir(): folder = Path(name)
+    elif name in GPT2_SIZES:
+        try: folder = (download or _hub_download)(name)
+        except Exception as e:
+            raise ValueError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
+                             "check the network, or pass a folder that holds its config.json and model.safetensors") from None
+    else: raise ValueError(f"unknown pretrained model {name!r}: use {', '.join(GPT2_SIZES)} or a folder with config.json and model.safetensors")
+    for f in ("config.json", "model.safetensors"):
+        if not (folder / f).exists(): raise ValueError(f"{folder} has no {f}: a GPT-2 folder holds config.json and model.safetensors")
+    c = json.loads((folder / "config.json").read_text())
+    if c.get("model_type") != "gpt2" or c.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"{folder} is not a GPT-2 checkpoint (model_type {c.get('model_type')!r}, activation {c.get('activation_function')!r})")
+    cfg = GPTConfig(block_size=c["n_positions"], vocab_size=c["vocab_size"], n_layer=c["n_layer"], n_head=c["n_head"],
+                    n_embd=c["n_embd"], bias=True, tie_weights=True)
+    state = {}
+    for k, v in load_file(str(folder / "model.safetensors")).items():
+        k = k.removeprefix("transformer.")
+        if k.endswith((".attn.bias", ".attn.masked_bias")): continue     # the causal mask, stored as a buffer
+        state[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
+    state.setdefault("lm_head.weight", state["wte.weight"])               # tied: the output layer is the embedding
+    return cfg, state
+
+def crop_block_size(model: GPT, block_size: int) -> GPT:
+    "Shorten `model`'s context to `block_size` positions (fine-tuning GPT-2 with a shorter context): fewer position rows."
+    if block_size > model.cfg.block_size: raise ValueError(f"block_size {block_size} is longer than the model's {model.cfg.block_size}")
+    model.cfg = replace(model.cfg, block_size=block_size)
+    if model.wpe is not None: model.wpe.weight = nn.Parameter(model.wpe.weight[:block_size].detach().clone())
+    return model
 
 # %% ../nbs/04_model.ipynb #db798169
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:

@@ -4,14 +4,14 @@
 
 # %% ../nbs/08a_runner.ipynb #8e8fccd2
 from __future__ import annotations
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from .core import safe_load
 from .data import prepare_data
-from .model import GPTConfig
+from .model import GPTConfig, load_gpt2
 from .modern import ModernConfig, config_from_dict
 from .tokenization import Tokenizer
 from .device import choose_device, choose_precision, set_tf32
@@ -51,6 +51,10 @@ PRESETS = {
                    dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.0, bias=True),
                    dict(batch_size=16, tokens_per_step=524_288, learning_rate=6e-4, min_lr=6e-5, warmup_iters=700,
                         max_iters=5000, eval_interval=250, eval_iters=50, weight_decay=0.1, beta2=0.95)),
+    "gpt2-finetune": Preset("continue OpenAI's GPT-2 on your text (--init_from gpt2): a small learning rate, a context of 256",
+                            dict(n_layer=12, n_head=12, n_embd=768, block_size=256, vocab_size=50257, dropout=0.1, bias=True),
+                            dict(batch_size=8, learning_rate=3e-5, min_lr=3e-6, warmup_iters=50, max_iters=1000, eval_interval=100,
+                                 eval_iters=20, weight_decay=0.1, beta2=0.95, sample_tokens=100)),
     "speedrun-char": Preset("the best val loss in 105 s of a 2-core CPU: RoPE, QK-norm, ReLU², Muon, WSD, a 98 s budget",
                             dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0,
                                  rope=True, qk_norm=True, mlp="relu2"),
@@ -84,11 +88,25 @@ def get_preset(name: str = "tiny", **overrides) -> tuple[GPTConfig, TrainConfig]
 
 # %% ../nbs/08a_runner.ipynb #43e73eb9
 def train(preset: str = "auto", data: str | None = None, tokenizer: str | None = None, out_dir=None, cache_dir=None,
-          bpe_vocab_size: int = 8192, final_sample: int = 500, resume: str | None = None, callbacks=(), log=None, **overrides) -> Trainer:
+          bpe_vocab_size: int = 8192, final_sample: int = 500, resume: str | None = None, init_from: str | None = None,
+          callbacks=(), log=None, **overrides) -> Trainer:
     """Train a preset (or `auto`) on `data` with `overrides` for any `GPTConfig`/`TrainConfig` field, checkpointing into `out_dir`.
-    `resume`: `latest`, `best`, a checkpoint path, or `auto` (latest if there is one, else start afresh)."""
+    `resume`: `latest`, `best`, a checkpoint path, or `auto` (latest if there is one, else start afresh).
+    `init_from`: start from OpenAI's GPT-2 weights (`gpt2`, ..., or a folder in the Hugging Face layout) and fine-tune."""
     model_kw, train_kw = split_overrides(overrides)
+    if init_from:
+        if resume: raise ValueError("init_from starts a new run from pretrained weights and resume continues a run: use one of them")
+        if (tokenizer or "gpt2") != "gpt2": raise ValueError(f"GPT-2's weights go with its own tokenizer: use --tokenizer gpt2, not {tokenizer}")
+        tokenizer, preset = "gpt2", "gpt2-finetune" if preset == "auto" else preset
     fresh = None if resume else get_preset(preset, **overrides)   # bad settings fail before any folder is made
+    pretrained = None
+    if init_from:   # the shape is the weights', but for a shorter context and the dropout; the training is the preset's
+        base, weights = load_gpt2(init_from)
+        if bad := sorted(k for k in model_kw if k not in ("block_size", "dropout") and getattr(base, k, None) != model_kw[k]):
+            raise ValueError(f"the model's shape comes from {init_from}: leave out {', '.join(bad)} (only block_size and dropout may change)")
+        block = min(model_kw.get("block_size", fresh[0].block_size), base.block_size)
+        fresh = (replace(base, block_size=block, dropout=model_kw.get("dropout", fresh[0].dropout)), fresh[1])
+        pretrained = {**weights, "wpe.weight": weights["wpe.weight"][:block]}   # a shorter context keeps the first positions
     state, path = None, None
     keep_last = train_kw.get("keep_last", 3)
     existing = out_dir is not None and (resume or (Path(out_dir) / "checkpoints").is_dir())   # no folder made before the checks
@@ -135,6 +153,9 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
     if state is not None:
         trainer.load_state_dict(state)
         trainer.log(f"resumed from {path} at step {trainer.step:,} (best val loss {trainer.best_val:.4f})")
+    elif pretrained is not None:
+        trainer.model.load_state_dict(pretrained)
+        trainer.log(f"initialised from {init_from}'s weights: {trainer.model.num_params():,} parameters, a context of {model_cfg.block_size}")
     trainer.fit()
     if out_dir is not None: trainer.log(f"saved the model, config and tokenizer to {save_run(trainer, out_dir)}")
     if final_sample and trainer.stop_reason != "interrupted":   # after Ctrl+C, stop now
