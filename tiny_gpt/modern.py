@@ -151,5 +151,5 @@ ABLATIONS = {
     "wsd schedule": dict(schedule="wsd"),
     "muon": dict(optimizer="muon"),
     "muon, batch 24": dict(optimizer="muon", batch_size=24),
-    "speedrun-char (all winners)": dict(rope=True, qk_norm=True, mlp="relu2", optimizer="muon", batch_size=24, schedule="wsd"),
+    "speedrun-char (winners + QK-norm)": dict(rope=True, qk_norm=True, mlp="relu2", optimizer="muon", batch_size=24, schedule="wsd"),
 }
