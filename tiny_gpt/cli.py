@@ -4,14 +4,20 @@
 
 # %% ../nbs/10_cli.ipynb #19007b0c
 from __future__ import annotations
-import argparse, inspect, re, sys
+import argparse, inspect, os, re, sys
 from dataclasses import MISSING, fields
+from datetime import timedelta
+from pathlib import Path
+
+import torch
 
 from .data import DownloadError, prepare_data
-from .model import GPTConfig
+from .model import GPT, GPTConfig
 from .modern import ModernConfig
-from .tokenization import TOKENIZERS
-from .device import DEVICE_MEMORY, DeviceError, GiB, estimate_memory
+from .tokenization import TOKENIZERS, get_tokenizer
+from .device import DEVICE_MEMORY, DeviceError, GiB, choose_device, estimate_memory
+from .sampling import load_run
+from .evaluate import load_hellaswag, perplexity, score_hellaswag
 from .training import TrainConfig, TrainingDiverged
 from .runner import PRESETS, auto_preset, get_preset, train
 from .diagnose import diagnose_run, plot_runs
@@ -70,7 +76,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     "The `tiny-gpt` argument parser, with its subcommands."
     p = _Parser(prog="tiny-gpt", description="Train a small GPT from scratch, and sample from it.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,bench,estimate,checkpoints,export,restore}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prepare,train,sample,bench,estimate,checkpoints,export,restore,diagnose,plot,eval}")
 
     def data_args(sp):
         sp.add_argument("--data", default=None,
@@ -151,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Overlay the val-loss curves of run folders against steps, tokens seen and wall time.")
     sp.add_argument("runs", nargs="+", help="run folders (their --out_dir)")
     sp.add_argument("--png", default="runs.png", help="where to save the figure (default: runs.png)")
+    sp = sub.add_parser("eval", help="score a model: HellaSwag accuracy, or perplexity and bits per byte on a text",
+                        description="Score a trained run (--out_dir) or OpenAI's GPT-2 (--init_from). Under torchrun, the "
+                                    "HellaSwag examples are split across the processes.")
+    tasks = sp.add_subparsers(dest="task", required=True, metavar="{hellaswag,perplexity}")
+    for task, about in (("hellaswag", "accuracy on HellaSwag's 10,042 validation examples (downloaded once, verified)"),
+                        ("perplexity", "loss, perplexity and bits per byte of a text, with a sliding window")):
+        e = tasks.add_parser(task, help=about, description=about[0].upper() + about[1:] + ".")
+        src = e.add_mutually_exclusive_group()
+        src.add_argument("--out_dir", default=None, help="a trained run's folder (default: out)")
+        src.add_argument("--init_from", default=None, help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a folder in their layout")
+        e.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default: auto)")
+        e.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass (default: 16)")
+        if task == "hellaswag":
+            e.add_argument("--limit", type=int, default=None, help="score only the first N examples, for a quick look")
+            e.add_argument("--data", default=None, help="a local JSONL file in HellaSwag's format (default: download the validation split)")
+        else:
+            e.add_argument("--data", required=True, help="a UTF-8 text file to score")
+            e.add_argument("--stride", type=int, default=None, help="tokens each window moves on (default: half the context)")
     return p
 
 # %% ../nbs/10_cli.ipynb #564eaf8d
@@ -202,6 +226,30 @@ def _cmd_export(a):
 
 def _cmd_diagnose(a): print(diagnose_run(a.out_dir, which=a.which))
 
+def _cmd_eval(a):
+    world = int(os.environ.get("WORLD_SIZE", "1"))   # under torchrun: one process per device, examples split between them
+    if world > 1:
+        import torch.distributed as dist
+        cuda = torch.cuda.is_available() and a.device in ("auto", "cuda")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
+        if cuda: a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        if a.init_from:
+            model, tok, what = GPT.from_pretrained(a.init_from).to(choose_device(a.device)).eval(), get_tokenizer("gpt2"), a.init_from
+        else: (model, tok, _), what = load_run(a.out_dir or "out", device=a.device), a.out_dir or "out"
+        first = int(os.environ.get("RANK", "0")) == 0
+        if a.task == "hellaswag":
+            if a.limit is not None and a.limit < 1: raise ValueError(f"--limit must be at least 1, got {a.limit}")
+            r = score_hellaswag(model, tok, load_hellaswag(a.data, limit=a.limit), a.batch_size, progress=first)
+            if first: print(f"HellaSwag, {r['n']:,} examples, {what}: acc_norm {r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}, "
+                            f"acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}" + (f" ({world} processes)" if world > 1 else ""))
+        else:
+            r = perplexity(model, tok, Path(a.data).read_text(encoding="utf-8"), stride=a.stride, batch_size=a.batch_size, progress=first)
+            if first: print(f"{what} on {a.data}: {r['tokens']:,} tokens, loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, "
+                            f"{r['bits_per_byte']:.4f} bits per byte")
+    finally:
+        if world > 1: dist.destroy_process_group()
+
 def _cmd_plot(a): print(f"saved {plot_runs(a.runs, a.png)}")
 
 def _cmd_restore(a):
@@ -216,7 +264,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "estimate": _cmd_estimate,
             "checkpoints": _cmd_checkpoints, "export": _cmd_export,
-            "restore": _cmd_restore, "diagnose": _cmd_diagnose, "plot": _cmd_plot}
+            "restore": _cmd_restore, "diagnose": _cmd_diagnose, "plot": _cmd_plot, "eval": _cmd_eval}
     try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:
         print(f"tiny-gpt {a.command}: error: {e}", file=sys.stderr); return 2

@@ -17,7 +17,8 @@ from .attention import CausalSelfAttention
 
 # %% auto #0
 __all__ = ['GPT2_SIZES', 'GPTConfig', 'MLP', 'KVCache', 'CachedSelfAttention', 'Block', 'sampling_device', 'sample_next',
-           'evaluating', 'GPT', 'generate_text', 'clean_state_dict', 'load_gpt2', 'crop_block_size', 'flops_per_token']
+           'evaluating', 'GPT', 'generate_text', 'clean_state_dict', 'load_gpt2', 'save_gpt2', 'crop_block_size',
+           'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -262,6 +263,21 @@ def load_gpt2(name: str = "gpt2", download=None) -> tuple[GPTConfig, dict]:
         state[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
     state.setdefault("lm_head.weight", state["wte.weight"])               # tied: the output layer is the embedding
     return cfg, state
+
+def save_gpt2(model: GPT, folder) -> Path:
+    "Save a GPT-2-shaped `model` (biases, tied, GELU) in the Hugging Face layout that `load_gpt2` and `transformers` read."
+    from safetensors.torch import save_file
+    c = model.cfg
+    if not (c.bias and c.tie_weights) or type(model) is not GPT:
+        raise ValueError("only a plain GPT with biases and tied embeddings has GPT-2's layout (GPTConfig(bias=True, tie_weights=True))")
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    state = {f"transformer.{k}": (v.t() if k.endswith(_CONV1D) else v).contiguous()
+             for k, v in model.state_dict().items() if k != "lm_head.weight"}              # tied: the embedding is enough
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "activation_function": "gelu_new", "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "n_positions": c.block_size,
+        "n_ctx": c.block_size, "vocab_size": c.vocab_size, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}, indent=1))
+    return folder
 
 def crop_block_size(model: GPT, block_size: int) -> GPT:
     "Shorten `model`'s context to `block_size` positions (fine-tuning GPT-2 with a shorter context): fewer position rows."

@@ -62,7 +62,8 @@ class TensorBoardLogger(Logger):
     name = "tensorboard"
     TAGS = {"train": {"loss": "train/loss", "perplexity": "train/perplexity", "lr": "train/lr", "grad_norm": "train/grad_norm",
                       "tokens_per_s": "speed/tokens_per_s", "ms_per_step": "speed/ms_per_step", "mfu": "speed/mfu"},
-            "eval": {"train_loss": "eval/train_loss", "val_loss": "eval/val_loss", "val_ppl": "eval/val_perplexity"}}
+            "eval": {"train_loss": "eval/train_loss", "val_loss": "eval/val_loss", "val_ppl": "eval/val_perplexity",
+                     "hellaswag_acc": "eval/hellaswag_acc", "hellaswag_acc_norm": "eval/hellaswag_acc_norm"}}   # (chapter 06b)
 
     def open(self, out_dir, config, start_step, state=None):
         from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package

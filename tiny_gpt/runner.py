@@ -18,6 +18,7 @@ from .device import choose_device, choose_precision, set_tf32
 from .training import Trainer, TrainConfig
 from .sampling import save_run
 from .checkpoint import CheckpointManager, Checkpointer
+from .evaluate import HellaSwagEval
 from .monitor import RunLogger, make_loggers
 from .drive import DriveBackupCallback
 
@@ -148,6 +149,7 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
         manager = manager or CheckpointManager(out_dir, keep_last=keep_last)
         td.tokenizer.save(Path(out_dir) / "tokenizer.json")   # before training: checkpoints are usable at once
         callbacks = [*callbacks, Checkpointer(manager, train_cfg.save_every), RunLogger(out_dir, loggers), *([backup] if backup else [])]
+    if train_cfg.eval_hellaswag_every: callbacks = [*callbacks, HellaSwagEval(train_cfg.eval_hellaswag_every)]   # logged with the loss
     if device.type == "cuda": set_tf32(True)   # fp32 matmuls on tensor cores (Ampere and newer); the header shows it
     trainer = Trainer(model_cfg, train_cfg, td, callbacks=callbacks, log=log)
     if state is not None:

@@ -46,6 +46,7 @@ class TrainConfig:
     max_time: float = 0.0         # wall-time budget in seconds, the final evaluation included (0: no limit)
     eval_interval: int = 250      # evaluate every this many steps
     eval_iters: int = 20          # batches per evaluation, for each of train and val
+    eval_hellaswag_every: int = 0 # with a GPT-2-tokenizer model: HellaSwag accuracy at the evaluations every this many steps (0: off)
     log_interval: int = 10        # read the loss from the device every this many steps
     patience: int = 0             # early stopping: stop after this many evaluations without a better val loss (0: off)
     sample_tokens: int = 200      # tokens of text sampled at each evaluation (0: none)
@@ -65,6 +66,9 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_hellaswag_every and self.eval_hellaswag_every % self.eval_interval:
+            raise ValueError(f"eval_hellaswag_every ({self.eval_hellaswag_every}) must be a multiple of eval_interval ({self.eval_interval}): "
+                             "HellaSwag is scored at evaluations")
         if self.learning_rate < 0 or self.min_lr < 0: raise ValueError("learning rates must not be negative")
         if self.min_lr > self.learning_rate: raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         self.backup_dir = str(self.backup_dir or "")   # plain data, also when given a Path
