@@ -9,6 +9,9 @@ A user runs a notebook top to bottom in a fresh kernel, in a folder of their own
 3. executes each in a fresh kernel of that environment, in course order, with TINY_GPT_QUICK=1 (a smoke run)
    unless --full is given;
 4. with --outputs, writes the executed notebooks, outputs included, back into nbs/ (then run `nbdev_clean`).
+   The outputs come from an environment with the optional extras too (`pip install ".[all]"`: TensorBoard, W&B,
+   transformers, which Colab has), so the committed notebooks show those cells run; the quick check (and
+   `--bare`) keeps the bare install, to prove that every such cell skips itself cleanly without them.
 
     python .ci/run_notebooks.py                    # quick: does every notebook run top to bottom?
     python .ci/run_notebooks.py --outputs          # full size on this machine, outputs saved for the docs and GitHub
@@ -25,16 +28,17 @@ def sh(*cmd, **kw):
     print("+", " ".join(map(str, cmd)), flush=True)
     subprocess.run([str(c) for c in cmd], check=True, **kw)
 
-def make_env(env: Path) -> Path:
-    "A virtual environment with torch, `pip install .` of this checkout and a kernel; returns its python."
+def make_env(env: Path, extras: bool = False) -> Path:
+    "A virtual environment with torch, `pip install .` (with `extras`: `.[all]`) of this checkout and a kernel; returns its python."
     py = env / "bin" / "python"
     stamp = env / ".tiny_gpt_requirements"
-    reqs = hashlib.sha256((REPO / "settings.ini").read_bytes() + (REPO / "setup.py").read_bytes() + TORCH.encode()).hexdigest()
+    reqs = hashlib.sha256((REPO / "settings.ini").read_bytes() + (REPO / "setup.py").read_bytes() + TORCH.encode()
+                          + str(extras).encode()).hexdigest()
     if not py.exists() or not stamp.exists() or stamp.read_text() != reqs:
         shutil.rmtree(env, ignore_errors=True)
         venv.create(env, with_pip=True)
         sh(py, "-m", "pip", "install", "-q", TORCH)
-        sh(py, "-m", "pip", "install", "-q", str(REPO), "nbclient", "ipykernel")
+        sh(py, "-m", "pip", "install", "-q", f"{REPO}[all]" if extras else str(REPO), "nbclient", "ipykernel")
         stamp.write_text(reqs)
     else:   # the same requirements: only this checkout's code is new
         sh(py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO))
@@ -81,7 +85,8 @@ def main() -> int:
     ap.add_argument("notebooks", nargs="*", help="names (without .ipynb) to run; default: all, in course order")
     ap.add_argument("--full", action="store_true", help="full size (no TINY_GPT_QUICK)")
     ap.add_argument("--outputs", action="store_true", help="full size, and write the executed notebooks back into nbs/")
-    ap.add_argument("--env", default=str(Path(tempfile.gettempdir()) / "tiny_gpt_user_env"), help="where the environment lives")
+    ap.add_argument("--bare", action="store_true", help="with --outputs: without the optional extras")
+    ap.add_argument("--env", default=None, help="where the environment lives (default: tiny_gpt_user_env[_all] in the temp folder)")
     a = ap.parse_args()
     names = sorted(p.name for p in (REPO / "nbs").glob("*.ipynb") if not p.name.startswith("_"))
     names = [n for n in names if n != "index.ipynb"] + ["index.ipynb"]
@@ -90,7 +95,8 @@ def main() -> int:
         if unknown: ap.error(f"no notebook {', '.join(unknown)} in nbs/")
         names = [n for n in names if n.removesuffix(".ipynb") in a.notebooks or n in a.notebooks]
     t0 = time.time()
-    py = make_env(Path(a.env))
+    extras = a.outputs and not a.bare
+    py = make_env(Path(a.env or Path(tempfile.gettempdir()) / ("tiny_gpt_user_env_all" if extras else "tiny_gpt_user_env")), extras)
     work = Path(tempfile.mkdtemp(prefix="tiny_gpt_user_run_"))   # outside the repository
     for n in names: shutil.copy(REPO / "nbs" / n, work / n)
     env = {k: v for k, v in os.environ.items() if k not in ("IN_TEST", "MPLBACKEND", "PYTHONPATH", "VIRTUAL_ENV")}
