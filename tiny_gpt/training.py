@@ -19,8 +19,8 @@ from .device import available_memory, choose_device, choose_precision, estimate_
 from .optim import configure_optimizer, lr_at, set_lr
 
 # %% auto #0
-__all__ = ['TrainConfig', 'Callback', 'TrainingDiverged', 'run_header', 'Trainer', 'ProgressBar', 'LogLines', 'SampleText',
-           'EarlyStopping', 'LivePlot', 'default_callbacks', 'plot_history']
+__all__ = ['TrainConfig', 'Callback', 'TrainingDiverged', 'run_header', 'Trainer', 'plot_history', 'ProgressBar', 'LogLines',
+           'SampleText', 'EarlyStopping', 'LivePlot', 'default_callbacks']
 
 # %% ../nbs/05_training.ipynb #0ee08270
 @dataclass
@@ -327,6 +327,22 @@ class Trainer:
         for cb in self.callbacks:
             if (s := state.get("callbacks", {}).get(type(cb).__name__)) is not None: cb.load_state_dict(s)
 
+# %% ../nbs/05_training.ipynb #24733a06
+def plot_history(history: dict, title: str = ""):
+    "Loss (train steps, train and val evaluations) and val perplexity against steps."
+    import matplotlib.pyplot as plt   # here, not at the top: half a second to import, and only plots need it
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    tr, ev = history["train"], history["eval"]
+    a.plot([r["step"] for r in tr], [r["loss"] for r in tr], alpha=0.4, label="train (steps)")
+    a.plot([r["step"] for r in ev], [r["train_loss"] for r in ev], "o-", label="train (eval)")
+    a.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val")
+    a.set_xlabel("step"); a.set_ylabel("cross-entropy loss"); a.legend()
+    b.plot([r["step"] for r in ev], [r["val_ppl"] for r in ev], "o-", color="C2")
+    b.set_xlabel("step"); b.set_ylabel("val perplexity"); b.set_yscale("log")
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/05_training.ipynb #5db3bbb7
 def _postfix(t) -> dict:
     r = t.history["train"][-1] if t.history["train"] else {}
@@ -370,7 +386,7 @@ class EarlyStopping(Callback):
         if t.bad_evals >= self.patience: t.request_stop("early stopping")
 
 class LivePlot(Callback):
-    "In a notebook: the curves of `plot_history` (below), drawn in place at each evaluation and every `every` log rows."
+    "In a notebook: the curves of `plot_history` (above), drawn in place at each evaluation and every `every` log rows."
     order = 40
     def __init__(self, every: int = 10, display=None):
         self.every, self.display, self.handle, self.n = every, display, None, 0   # display: IPython's, or a stand-in
@@ -393,22 +409,6 @@ def default_callbacks(train_cfg: TrainConfig) -> list[Callback]:
     live = c.progress and in_notebook() if c.live_plot is None else c.live_plot
     return [ProgressBar() if c.progress else LogLines(), *([SampleText(c.sample_tokens, c.sample_prompt)] if c.sample_tokens else []),
             *([EarlyStopping(c.patience)] if c.patience else []), *([LivePlot()] if live else [])]
-
-# %% ../nbs/05_training.ipynb #24733a06
-def plot_history(history: dict, title: str = ""):
-    "Loss (train steps, train and val evaluations) and val perplexity against steps."
-    import matplotlib.pyplot as plt   # here, not at the top: half a second to import, and only plots need it
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
-    tr, ev = history["train"], history["eval"]
-    a.plot([r["step"] for r in tr], [r["loss"] for r in tr], alpha=0.4, label="train (steps)")
-    a.plot([r["step"] for r in ev], [r["train_loss"] for r in ev], "o-", label="train (eval)")
-    a.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val")
-    a.set_xlabel("step"); a.set_ylabel("cross-entropy loss"); a.legend()
-    b.plot([r["step"] for r in ev], [r["val_ppl"] for r in ev], "o-", color="C2")
-    b.set_xlabel("step"); b.set_ylabel("val perplexity"); b.set_yscale("log")
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/05_training.ipynb #ee651681
 def _rng_state() -> dict:
