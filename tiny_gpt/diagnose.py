@@ -15,6 +15,7 @@ from .core import safe_load
 from .data import get_cache_dir
 from .model import clean_state_dict, evaluating
 from .modern import config_from_dict
+from .monitor import read_log
 from .tokenization import Tokenizer
 
 # %% auto #0
@@ -36,13 +37,8 @@ def _has_checkpoints(out: Path) -> bool:
     return (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("ckpt_*.pt"))
 
 def _records(path) -> list[dict]:
-    "The records of a `log.jsonl` that have a step (a line cut short by a crash is skipped)."
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try: rec = json.loads(line)
-        except ValueError: continue
-        if isinstance(rec, dict) and "step" in rec: out.append(rec)
-    return out
+    "The records of a `log.jsonl` (read by the monitoring chapter's `read_log`) that have a step."
+    return [rec for rec in read_log(path) if isinstance(rec, dict) and "step" in rec]
 
 def history_from_log(records: list[dict]) -> dict:
     "The train and eval rows of log records, without `kind`; a step logged again (a resume) replaces the rows from that step on."

@@ -123,10 +123,11 @@ class RunLogger(Callback):
     def __init__(self, out_dir, loggers):
         self.out_dir, self.loggers, self.failed, self.states = Path(out_dir), list(loggers), set(), {}
 
-    def _each(self, t, method: str, *args):
+    def _each(self, t, call):
+        "`call(logger)` for each logger still on; one that raises is reported once and switched off."
         for lg in self.loggers:
             if lg.name in self.failed: continue
-            try: getattr(lg, method)(*args)
+            try: call(lg)
             except Exception as e:
                 self.failed.add(lg.name)
                 t.log(f"logging to {lg.name} failed and is off for the rest of this run ({type(e).__name__}: {e}); training goes on")
@@ -134,19 +135,14 @@ class RunLogger(Callback):
     def on_fit_start(self, t):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         config = {"model": asdict(t.model_cfg), "train": asdict(t.train_cfg), "data": t.data.source, "parameters": t.model.num_params()}
-        for lg in self.loggers:   # each with its own saved state (a resumed W&B run's id)
-            if lg.name in self.failed: continue
-            try: lg.open(self.out_dir, config, t.step, self.states.get(lg.name))
-            except Exception as e:
-                self.failed.add(lg.name)
-                t.log(f"logging to {lg.name} failed and is off for the rest of this run ({type(e).__name__}: {e}); training goes on")
+        self._each(t, lambda lg: lg.open(self.out_dir, config, t.step, self.states.get(lg.name)))   # a resumed W&B run: its id
 
-    def on_log(self, t, row): self._each(t, "log", "train", row)
+    def on_log(self, t, row): self._each(t, lambda lg: lg.log("train", row))
     def on_eval(self, t, row, improved):
-        self._each(t, "log", "eval", row)
-        if t.last_sample is not None: self._each(t, "text", row["step"], "sample", t.last_sample)
+        self._each(t, lambda lg: lg.log("eval", row))
+        if t.last_sample is not None: self._each(t, lambda lg: lg.text(row["step"], "sample", t.last_sample))
     def on_stop(self, t):
-        self._each(t, "log", "stop", {"step": t.step, "reason": t.stop_reason})
-        self._each(t, "close")
+        self._each(t, lambda lg: lg.log("stop", {"step": t.step, "reason": t.stop_reason}))
+        self._each(t, lambda lg: lg.close())
     def state_dict(self): return {lg.name: s for lg in self.loggers if (s := lg.state_dict()) is not None}
     def load_state_dict(self, state): self.states = dict(state)
