@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from .attention import CausalSelfAttention
 
 # %% auto #0
-__all__ = ['GPT2_SIZES', 'GPTConfig', 'MLP', 'KVCache', 'CachedSelfAttention', 'Block', 'sampling_device', 'sample_next',
-           'evaluating', 'GPT', 'generate_text', 'clean_state_dict', 'load_gpt2', 'save_gpt2', 'crop_block_size',
-           'flops_per_token']
+__all__ = ['GPT2_SIZES', 'GPTConfig', 'MLP', 'KVCache', 'CachedSelfAttention', 'Block', 'sampling_device', 'sampling_probs',
+           'sample_next', 'evaluating', 'GPT', 'generate_text', 'clean_state_dict', 'load_gpt2', 'save_gpt2',
+           'crop_block_size', 'flops_per_token']
 
 # %% ../nbs/04_model.ipynb #6c056f7a
 @dataclass
@@ -107,18 +107,23 @@ def sampling_device(device) -> torch.device:
     device = torch.device(device)
     return torch.device("cpu") if device.type == "mps" else device
 
-def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None):
-    "Draw one token id per row of `logits` `(B, vocab)`; `temperature=0` is greedy; `generator` lives on `sampling_device`."
-    if temperature == 0: return logits.argmax(-1, keepdim=True)
+def sampling_probs(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    "The distribution `sample_next` draws from, for each row of `logits` `(B, vocab)`: temperature, then top-k, then top-p."
+    if temperature == 0: return F.one_hot(logits.argmax(-1), logits.size(-1)).float()   # greedy: all on the top token
     logits = logits.float() / temperature
     if top_k: logits = logits.masked_fill(logits < logits.topk(min(top_k, logits.size(-1))).values[:, [-1]], float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p        # tokens whose predecessors already cover top_p
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p >= top_p                       # tokens whose more likely predecessors already cover top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
+    return logits.softmax(-1)
+
+def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None):
+    "Draw one token id per row of `logits` `(B, vocab)`; `temperature=0` is greedy; `generator` lives on `sampling_device`."
+    if temperature == 0: return logits.argmax(-1, keepdim=True)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs.to(sampling_device(probs.device)), 1, generator=generator).to(logits.device)
 
 # %% ../nbs/04_model.ipynb #e491324f

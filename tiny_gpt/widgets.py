@@ -14,13 +14,13 @@ import ipywidgets as widgets
 from .core import IN_COLAB
 from .tokenization import Tokenizer
 from .attention import causal_attention
-from .model import GPT, evaluating, generate_text
+from .model import GPT, evaluating, generate_text, sampling_probs
 from .optim import lr_at
 from .training import TrainConfig
 
 # %% auto #0
-__all__ = ['enable_colab_widgets', 'Explorer', 'sampling_probs', 'next_token_probs', 'top_tokens', 'generation_playground',
-           'attention_maps', 'attention_explorer', 'token_spans', 'tokenizer_explorer', 'lr_curve', 'lr_explorer']
+__all__ = ['enable_colab_widgets', 'Explorer', 'next_token_probs', 'top_tokens', 'generation_playground', 'attention_maps',
+           'attention_explorer', 'token_spans', 'tokenizer_explorer', 'lr_curve', 'lr_explorer']
 
 # %% ../nbs/06a_widgets.ipynb #29daef7e
 def enable_colab_widgets() -> bool:
@@ -66,18 +66,6 @@ class Explorer(widgets.VBox):
         for k, v in new.items(): self.views[k].value = v
 
 # %% ../nbs/06a_widgets.ipynb #263fb57a
-def sampling_probs(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    "The probabilities `sample_next` draws from for each row of `logits` `(B, vocab)`: temperature, then top-k, then top-p."
-    if temperature == 0: return F.one_hot(logits.argmax(-1), logits.size(-1)).float()   # greedy
-    logits = logits.float() / temperature
-    if top_k: logits = logits.masked_fill(logits < logits.topk(min(top_k, logits.size(-1))).values[:, [-1]], float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        p = sorted_logits.softmax(-1)
-        drop = p.cumsum(-1) - p >= top_p                   # tokens whose more likely predecessors already cover top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits.softmax(-1)
-
 def next_token_probs(model: GPT, tokenizer: Tokenizer, prompt: str, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None) -> torch.Tensor:
     "The distribution the token after `prompt` is drawn from, `(vocab_size,)` on the CPU; it sums to 1."
