@@ -15,15 +15,17 @@ from .core import LoadError, atomic_write_json, safe_load, sha256_file
 from .model import clean_state_dict
 from .modern import config_from_dict
 from .training import Callback
+from .distributed import DistEnv, agree, barrier, is_sharded
 
 # %% auto #0
-__all__ = ['CheckpointError', 'Checkpoint', 'CheckpointManager', 'Checkpointer', 'checkpoint_table', 'export']
+__all__ = ['CheckpointError', 'Checkpoint', 'CheckpointManager', 'load_checkpoint', 'load_sharded_into', 'Checkpointer',
+           'checkpoint_table', 'export']
 
 # %% ../nbs/07_checkpoints.ipynb #9e7fd3e4
 class CheckpointError(LoadError):
     "A checkpoint could not be found, verified or safely loaded."
 
-_CKPT = re.compile(r"^ckpt_(\d+)\.pt$")
+_CKPT = re.compile(r"^ckpt_(\d+)\.(pt|dcp)$")   # a file, or (FSDP) a folder of torch.distributed.checkpoint shards
 
 def _ranked(ckpts) -> list:
     "The evaluated checkpoints, best first: lowest val loss, the newest on a tie."
@@ -44,8 +46,15 @@ class Checkpoint:
     def tags(self) -> list: return self.meta.get("tags", [])
 
     def verify(self) -> str | None:
-        "`None` if the file matches its recorded size and sha256, else what is wrong."
+        "`None` if the file (or each file of a sharded checkpoint) matches its recorded size and sha256, else what is wrong."
         if not self.path.exists(): return "missing"
+        if self.path.is_dir():
+            for name, (size, digest) in self.meta.get("files", {}).items():
+                f = self.path / name
+                if not f.is_file(): return f"{name} is missing"
+                if f.stat().st_size != size: return f"{name}: size {f.stat().st_size:,} bytes, expected {size:,} (truncated?)"
+                if sha256_file(f) != digest: return f"{name}: sha256 does not match (corrupted)"
+            return None if self.meta.get("files") else "no list of files in its sidecar"
         size = self.path.stat().st_size
         if size != self.meta.get("size"): return f"size {size:,} bytes, expected {self.meta.get('size'):,} (truncated?)"
         if sha256_file(self.path) != self.meta.get("sha256"): return "sha256 does not match (corrupted)"
@@ -58,14 +67,16 @@ class CheckpointManager:
         self.dir = Path(out_dir) / "checkpoints"
         self.keep_last = keep_last
         self.dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.dir.glob(".ckpt_*.tmp"): tmp.unlink(missing_ok=True)   # left by a crash during a save
+        if DistEnv.from_env().is_main:   # (several processes: only process 0 tidies)
+            for tmp in self.dir.glob(".ckpt_*.tmp"):   # left by a crash during a save
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
     def _meta_path(self, step: int) -> Path: return self.dir / f"ckpt_{step:07d}.json"
 
     def list(self) -> list[Checkpoint]:
         "The complete checkpoints (file and sidecar), by step; not verified."
         out = []
-        for p in self.dir.glob("ckpt_*.pt"):
+        for p in self.dir.glob("ckpt_*.*"):
             if not (m := _CKPT.match(p.name)): continue
             mp = self._meta_path(int(m.group(1)))
             try: out.append(Checkpoint(p, json.loads(mp.read_text())))
@@ -119,27 +130,81 @@ class CheckpointManager:
         if best := _best(ckpts): keep.add(best.step)
         for c in ckpts:
             if c.step not in keep:
-                c.path.unlink(missing_ok=True)             # the .pt first: a sidecar alone is ignored
+                if c.path.is_dir(): shutil.rmtree(c.path, ignore_errors=True)   # the checkpoint first: a sidecar alone is ignored
+                else: c.path.unlink(missing_ok=True)
                 self._meta_path(c.step).unlink(missing_ok=True)
 
     def load(self, which: str = "latest") -> dict:
-        "The state of the `latest`, `best` or given checkpoint."
-        return safe_load(self.resolve(which), what="checkpoint")
+        "The state of the `latest`, `best` or given checkpoint (a sharded one comes back whole, see below)."
+        return load_checkpoint(self.resolve(which))
+
+# %% ../nbs/07_checkpoints.ipynb #6fe2343c
+def _save_sharded(manager: CheckpointManager, state: dict, tags, metrics: dict | None) -> Checkpoint | None:
+    "Every process writes its shards into `ckpt_N.dcp/` (through a temporary folder); process 0 the rest and the sidecar."
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    step, main = state["step"], dist.get_rank() == 0
+    final, tmp, mp = manager.dir / f"ckpt_{step:07d}.dcp", manager.dir / f".ckpt_{step:07d}.dcp.tmp", manager._meta_path(step)
+    if main: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    barrier()
+    dcp.save({"model": state["model"], "optimizer": state["optimizer"]}, checkpoint_id=tmp)   # collective
+    ckpt = None
+    if main:
+        rest = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        with open(tmp / "trainer.pt", "wb") as f: torch.save(rest, f); f.flush(); os.fsync(f.fileno())
+        files = {p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(tmp.iterdir())}
+        meta = {"step": step, "epoch": state.get("epoch"), "tags": sorted(set(tags)), "format": "dcp", "files": files,
+                "size": sum(size for size, _ in files.values()), "created": time.time(), "elapsed": state.get("elapsed"), **(metrics or {})}
+        atomic_write_json(mp, meta)
+        if final.exists(): shutil.rmtree(final)
+        os.replace(tmp, final)
+        manager.rotate()
+        ckpt = Checkpoint(final, meta)
+    barrier()
+    return ckpt
+
+def load_checkpoint(path) -> dict:
+    "The state in checkpoint `path`: a file, or a sharded folder made whole (its weights gathered) on this one process."
+    path = Path(path)
+    if not path.is_dir(): return safe_load(path, what="checkpoint")
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    if not (path / "trainer.pt").is_file(): raise CheckpointError(f"{path} is not a complete sharded checkpoint (no trainer.pt)")
+    state = safe_load(path / "trainer.pt", what="checkpoint")
+    with tempfile.TemporaryDirectory() as d:
+        try: dcp_to_torch_save(path, Path(d) / "whole.pt")
+        except Exception as e: raise CheckpointError(f"could not read the shards in {path} ({e}); use another checkpoint") from None
+        whole = safe_load(Path(d) / "whole.pt", what="checkpoint")
+    return {**state, "model": whole["model"], "optimizer": whole["optimizer"]}   # "sharded": the optimizer's state is by name
+
+def load_sharded_into(trainer, path) -> dict:
+    "The state of sharded checkpoint `path` for `trainer` (an FSDP run): every process reads its own shards, in place."
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    state = safe_load(Path(path) / "trainer.pt", what="checkpoint")
+    model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer)   # the shapes and shards to fill
+    target = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(target, checkpoint_id=Path(path))
+    return {**state, **target}
 
 # %% ../nbs/07_checkpoints.ipynb #8504d40c
 class Checkpointer(Callback):
     "Training callback that saves periodic, best and final or emergency checkpoints through a `CheckpointManager`."
     order = 50   # after the callbacks that report an evaluation, before those that copy the files (the backup)
+    all_ranks = True   # several processes: each gives its random state (and with FSDP its shards); process 0 writes the file
     def __init__(self, manager: CheckpointManager, save_every: int = 0):
         self.manager, self.save_every = manager, save_every
 
     def _save(self, trainer, tags):
-        if not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):   # saves are rare: this sync is cheap
+        local = lambda p: p.to_local() if hasattr(p, "to_local") else p   # FSDP: this process's shard
+        bad = not all(bool(torch.isfinite(local(p)).all()) for p in trainer.model.parameters())   # saves are rare: the sync is cheap
+        if agree(bad)[0]:
             trainer.log(f"step {trainer.step}: the weights are no longer finite (the loss diverged): not saved"); return None
         last = trainer.history["eval"][-1] if trainer.history["eval"] else {}
         metrics = {k: last.get(k) for k in ("train_loss", "val_loss", "val_ppl")} if last.get("step") == trainer.step else {}
-        ckpt = self.manager.save(trainer.state_dict(), tags, metrics)
-        trainer.callback("on_checkpoint", ckpt)
+        state = trainer.state_dict()   # several processes: every one takes part
+        if state.get("sharded"): ckpt = _save_sharded(self.manager, state, tags, metrics)
+        else: ckpt = self.manager.save(state, tags, metrics) if trainer.dist.is_main else None
+        if ckpt is not None: trainer.callback("on_checkpoint", ckpt)
         return ckpt
 
     def on_step(self, trainer):
@@ -158,6 +223,11 @@ class Checkpointer(Callback):
         if trainer.mid_step:
             trainer.log(f"stopped in the middle of step {trainer.step + 1}: nothing saved. Resume from the last checkpoint "
                         f"with: {resume}"); return
+        if trainer.dist.enabled and (trainer.stop_reason == "error" or (emergency := trainer.stop_reason == "interrupted")
+                                     and not trainer._stop_requested):
+            # an error in one process, or a second Ctrl+C, is not a step the processes agreed on: saving would wait forever
+            trainer.log(f"stopped ({trainer.stop_reason}) at step {trainer.step}: nothing saved. Resume from the last "
+                        f"checkpoint with: torchrun ... {resume.removeprefix('tiny-gpt ')}"); return
         emergency = trainer.stop_reason in ("interrupted", "error")
         ck = self._save(trainer, ["emergency" if emergency else "final"])
         if ck and emergency:

@@ -138,6 +138,13 @@ class TextData:
         return (f"TextData({self.source!r}, {self.tokenizer.kind} tokenizer, vocab {self.tokenizer.vocab_size:,}: "
                 f"train {len(self.train):,} tokens, val {len(self.val):,} tokens)")
 
+    def n_tokens(self, split: str) -> int: return len(getattr(self, split))
+
+    def sampler(self, split: str, block_size: int, batch_size: int, device="cpu", seed: int = 0, rank: int = 0,
+                world_size: int = 1) -> "BatchSampler":
+        "Batches of random windows of `split` (below); the interface the trainer uses, shared with sharded corpora (02a)."
+        return BatchSampler(getattr(self, split), block_size, batch_size, device, seed, rank, world_size)
+
 def prepare_data(source: str = "tinyshakespeare", tokenizer: str | Tokenizer = "char", cache_dir=None,
                  val_frac: float = 0.1, bpe_vocab_size: int = 8192, progress: bool = True) -> TextData:
     "Load `source`, split it, build or take the tokenizer (`bpe_vocab_size`: the size a `bpe` one learns), and return cached train/val token ids."
@@ -154,19 +161,23 @@ def prepare_data(source: str = "tinyshakespeare", tokenizer: str | Tokenizer = "
 
 # %% ../nbs/02_data.ipynb #30efda03
 class BatchSampler:
-    "Random windows of `block_size + 1` tokens from `tokens`, returned as `(x, y)` batches on `device`."
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device="cpu", seed: int = 0):
+    "Random windows of `block_size + 1` tokens from `tokens`, returned as `(x, y)` batches on `device`; process `rank` of `world_size` gets its own share."
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device="cpu", seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if len(tokens) <= block_size:
             raise ValueError(f"the data has {len(tokens):,} tokens, but a training window needs block_size + 1 = "
                              f"{block_size + 1:,}: use a smaller block_size or more text")
+        if not 0 <= rank < world_size: raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.gen = torch.Generator().manual_seed(seed)
         self.window = np.arange(block_size + 1)
         self.pin = self.device.type == "cuda"
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=self.gen).numpy()
+        B = self.batch_size   # every process draws the windows of all, and keeps its own B: one stream, split by rank
+        ix = torch.randint(len(self.tokens) - self.block_size, (self.world_size * B,), generator=self.gen)[self.rank * B:(self.rank + 1) * B].numpy()
         xy = torch.from_numpy(self.tokens[ix[:, None] + self.window].astype(np.int64))  # (B, T+1), one gather
         if self.pin: xy = xy.pin_memory()
         xy = xy.to(self.device, non_blocking=self.pin)   # only from pinned memory: elsewhere (MPS) the copy could be corrupted

@@ -17,7 +17,8 @@ from .tokenization import Tokenizer
 from .device import choose_device, choose_precision, set_tf32
 from .training import Trainer, TrainConfig
 from .sampling import save_run
-from .checkpoint import CheckpointManager, Checkpointer
+from .checkpoint import CheckpointManager, Checkpointer, load_checkpoint, load_sharded_into
+from .distributed import DistEnv, is_sharded
 from .evaluate import HellaSwagEval
 from .monitor import RunLogger, make_loggers
 from .drive import DriveBackupCallback
@@ -117,7 +118,8 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
             if manager is None: raise ValueError(f"resume={resume!r} needs out_dir, the folder of the run to resume")
             path = manager.resolve("latest" if resume == "auto" else resume, missing_ok=resume == "auto")
         else: path = Path(resume)
-        if path is not None: state = safe_load(path, what="checkpoint")
+        if path is not None:   # (a sharded checkpoint: its settings now, its weights once the model exists)
+            state = safe_load(path / "trainer.pt" if path.is_dir() else path, what="checkpoint")
     if manager is not None and (old := manager.list()) and (state is None or path.resolve().parent != manager.dir.resolve()):
         # never mix two runs in one folder: a new run, or a checkpoint of another run, into a folder that holds one
         raise ValueError(f"{out_dir} already holds the checkpoints of a run (up to step {old[-1].step:,}). Continue it with "
@@ -140,19 +142,24 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
     loggers = make_loggers(train_cfg.loggers) if out_dir is not None else []   # an unknown or missing logger too
     td = prepare_data(data or "tinyshakespeare", tok, cache_dir=cache_dir, bpe_vocab_size=bpe_vocab_size, progress=train_cfg.progress)
     for split in ("train", "val"):
-        if len(getattr(td, split)) <= model_cfg.block_size + 1:
-            raise ValueError(f"the {split} split has {len(getattr(td, split)):,} tokens, too few for block_size "
+        if td.n_tokens(split) <= model_cfg.block_size + 1:
+            raise ValueError(f"the {split} split has {td.n_tokens(split):,} tokens, too few for block_size "
                              f"{model_cfg.block_size}: use a smaller --block_size or more text")
+    env = DistEnv.from_env()   # under torchrun: only process 0 writes files
+    if env.enabled and train_cfg.parallel == "fsdp" and train_cfg.backup_dir:
+        raise ValueError("the Drive backup copies single-file checkpoints; with parallel=fsdp they are folders of shards: "
+                         "leave out backup_dir (or use parallel=ddp)")
     if out_dir is not None:
         backup = (DriveBackupCallback(out_dir, train_cfg.backup_dir, keep_last=train_cfg.keep_last,   # checks backup_dir
                                       background=train_cfg.backup_background) if train_cfg.backup_dir else None)
         manager = manager or CheckpointManager(out_dir, keep_last=keep_last)
-        td.tokenizer.save(Path(out_dir) / "tokenizer.json")   # before training: checkpoints are usable at once
+        if env.is_main: td.tokenizer.save(Path(out_dir) / "tokenizer.json")   # before training: checkpoints are usable at once
         callbacks = [*callbacks, Checkpointer(manager, train_cfg.save_every), RunLogger(out_dir, loggers), *([backup] if backup else [])]
     if train_cfg.eval_hellaswag_every: callbacks = [*callbacks, HellaSwagEval(train_cfg.eval_hellaswag_every)]   # logged with the loss
     if device.type == "cuda": set_tf32(True)   # fp32 matmuls on tensor cores (Ampere and newer); the header shows it
     trainer = Trainer(model_cfg, train_cfg, td, callbacks=callbacks, log=log)
     if state is not None:
+        if path.is_dir(): state = load_sharded_into(trainer, path) if is_sharded(trainer.model) else load_checkpoint(path)
         trainer.load_state_dict(state)
         trainer.log(f"resumed from {path} at step {trainer.step:,} (best val loss {trainer.best_val:.4f})")
     elif pretrained is not None:

@@ -24,14 +24,16 @@ __all__ = ['save_run', 'load_run', 'sample']
 # %% ../nbs/06_sampling.ipynb #75102b08
 def save_run(trainer: Trainer, out_dir) -> Path:
     "Write the model weights, `config.json` and the tokenizer of a trained run into `out_dir`."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    if trainer.dist.is_main: out.mkdir(parents=True, exist_ok=True)
     last = trainer.history["eval"][-1] if trainer.history["eval"] else {}
     meta = {"model": asdict(trainer.model_cfg), "train": asdict(trainer.train_cfg), "step": trainer.step,
             "val_loss": last.get("val_loss"), "train_loss": last.get("train_loss"), "best_val_loss": trainer.best_val,
             "tokenizer": trainer.data.tokenizer.kind, "data": trainer.data.source, "stop_reason": trainer.stop_reason}
+    weights = trainer.weights()   # (several processes: all call this; FSDP gathers the shards, process 0 writes)
+    if not trainer.dist.is_main: return out
     with atomic_open(out / "model.pt") as f:
-        torch.save({"model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-                    "model_config": asdict(trainer.model_cfg), "step": trainer.step}, f)
+        torch.save({"model": weights, "model_config": asdict(trainer.model_cfg), "step": trainer.step}, f)
     trainer.data.tokenizer.save(out / "tokenizer.json")
     atomic_write_json(out / "history.json", trainer.history)
     atomic_write_json(out / "config.json", meta)

@@ -17,6 +17,7 @@ from .data import BatchSampler, TextData
 from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, generate_text
 from .device import available_memory, choose_device, choose_precision, estimate_memory, memory_line, peak_flops, should_compile
 from .optim import configure_optimizer, lr_at, set_lr
+from .distributed import PARALLEL, agree, all_reduce_mean, gather_objects, init_distributed, is_sharded, sync_gradients, wrap_model
 
 # %% auto #0
 __all__ = ['TrainConfig', 'Callback', 'TrainingDiverged', 'run_header', 'Trainer', 'plot_history', 'ProgressBar', 'LogLines',
@@ -51,7 +52,8 @@ class TrainConfig:
     patience: int = 0             # early stopping: stop after this many evaluations without a better val loss (0: off)
     sample_tokens: int = 200      # tokens of text sampled at each evaluation (0: none)
     sample_prompt: str = "\n"     # prompt for those samples
-    device: str = "auto"          # auto, cuda, cuda:N, mps or cpu
+    device: str = "auto"          # auto, cuda, cuda:N, mps or cpu (under torchrun: each process takes its own GPU)
+    parallel: str = "ddp"         # under torchrun: ddp (each process holds the whole model) or fsdp (each holds a shard)
     dtype: str = "auto"           # auto, fp32, bf16 or fp16
     compile: bool | None = None   # torch.compile: True, False, or None to decide by the device (on for CUDA on Linux)
     seed: int = 1337              # seeds the model init, dropout and the batch order
@@ -73,6 +75,7 @@ class TrainConfig:
         if self.min_lr > self.learning_rate: raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
         self.backup_dir = str(self.backup_dir or "")   # plain data, also when given a Path
         if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
+        if self.parallel not in PARALLEL: raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.optimizer not in ("adamw", "muon"): raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.compile not in (None, True, False): raise ValueError(f"compile must be True, False or None (auto), got {self.compile!r}")
         if self.live_plot not in (None, True, False): raise ValueError(f"live_plot must be True, False or None (auto), got {self.live_plot!r}")
@@ -81,6 +84,7 @@ class TrainConfig:
 class Callback:
     "A hook into `Trainer.fit`: override the moments you need; `order` decides who runs first (lower first)."
     order = 0
+    all_ranks = False   # with several processes (torchrun), callbacks run in process 0 only, unless they take part in the work
     def on_fit_start(self, trainer): "Before the first step of `fit`."
     def on_step(self, trainer): "After each optimizer step (and the evaluation at that step, if any)."
     def on_log(self, trainer, row: dict): "Every `log_interval` steps, with a row of train metrics."
@@ -110,39 +114,47 @@ class Trainer:
     def __init__(self, model_cfg: GPTConfig, train_cfg: TrainConfig, data: TextData, callbacks=(), log=None):
         c = self.train_cfg = train_cfg
         self.data = data
-        self.log = log or (tqdm.write if c.progress else lambda *a: print(*a, flush=True))
+        self.dist, self.device = init_distributed(c.device)   # one process: DistEnv(); under torchrun: this process's place
+        self.log = (log or (tqdm.write if c.progress else lambda *a: print(*a, flush=True))) if self.dist.is_main else (lambda *a: None)
         if model_cfg.vocab_size != data.tokenizer.vocab_size:   # the tokenizer decides the vocabulary
             model_cfg = replace(model_cfg, vocab_size=data.tokenizer.vocab_size)
         self.model_cfg = model_cfg
-        self.device = choose_device(c.device)
         self.precision = choose_precision(self.device, c.dtype)
+        if self.dist.enabled and c.parallel == "fsdp" and c.optimizer == "muon":
+            raise ValueError("Muon orthogonalises whole matrices, and FSDP holds slices of them: use parallel=ddp or optimizer=adamw")
         seed_everything(c.seed)
         self.model = model_cfg.build().to(self.device)        # a GPT (or the modern GPT its config asks for)
+        n_params = self.model.num_params(non_embedding=True)
+        rank, world = self.dist.rank, self.dist.world_size
+        if self.dist.enabled: torch.manual_seed(c.seed + rank)   # the same weights everywhere (above); dropout differs per process
+        self.wrapped = wrap_model(self.model, self.device, c.parallel)   # one process: the model itself; else DDP or FSDP2
         self.optimizer = configure_optimizer(self.model, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), self.device,
                                              c.adamw_impl, c.optimizer, c.muon_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         T, B = model_cfg.block_size, c.batch_size
-        self.accum = max(c.grad_accum_steps, math.ceil(c.tokens_per_step / (B * T))) if c.tokens_per_step else c.grad_accum_steps
-        self.tokens_per_step = self.accum * B * T
-        self.train_batches = BatchSampler(data.train, T, B, self.device, seed=c.seed)
-        self.eval_batches = {"train": BatchSampler(data.train, T, B, self.device, seed=c.seed + 1),
-                             "val": BatchSampler(data.val, T, B, self.device, seed=c.seed + 2)}
+        self.accum = (max(c.grad_accum_steps, math.ceil(c.tokens_per_step / (B * T * world))) if c.tokens_per_step
+                      else c.grad_accum_steps)
+        self.tokens_per_step = self.accum * B * T * world   # over all processes
+        self.train_batches = data.sampler("train", T, B, self.device, c.seed, rank, world)
+        self.eval_batches = {"train": data.sampler("train", T, B, self.device, c.seed + 1, rank, world),
+                             "val": data.sampler("val", T, B, self.device, c.seed + 2, rank, world)}
         self._eval_state = {k: s.state_dict() for k, s in self.eval_batches.items()}  # the same eval batches every time
         self.compiled, self.compile_reason = should_compile(self.device, c.compile, c.max_iters, c.max_time)
-        self.forward = torch.compile(self.model) if self.compiled else self.model
-        self.callbacks = sorted([*default_callbacks(c), *callbacks], key=lambda cb: cb.order)
+        self.forward = torch.compile(self.wrapped) if self.compiled else self.wrapped
+        self.callbacks = []
+        for cb in [*default_callbacks(c), *callbacks]: self.add_callback(cb)
         self.step, self.best_val, self.bad_evals = 0, float("inf"), 0
         self.history = {"train": [], "eval": []}
         self.stop_reason, self.elapsed = None, 0.0   # elapsed: seconds of training, over all sessions of a resumed run
         self.last_sample = None                      # the latest text of `SampleText`, for loggers
         self.mid_step = False                        # True while a step is half done (then its state is no checkpoint)
-        self._stop_requested, self._eval_seconds, self._t_start = False, 0.0, None
-        self._flops_per_token = flops_per_token(model_cfg, self.model.num_params(non_embedding=True))
+        self._stop_requested, self._ctrl_c, self._eval_seconds, self._t_start = False, False, 0.0, None
+        self._flops_per_token = flops_per_token(model_cfg, n_params)
         self._peak = peak_flops(self.device, precision=self.precision.name)
 
     def add_callback(self, cb: Callback):
-        "Add `cb` in its place by `order`."
-        self.callbacks = sorted([*self.callbacks, cb], key=lambda c: c.order)
+        "Add `cb` in its place by `order` (in process 0 only, unless `cb.all_ranks`)."
+        if self.dist.is_main or cb.all_ranks: self.callbacks = sorted([*self.callbacks, cb], key=lambda c: c.order)
 
     def callback(self, event: str, *args):
         "Call `event` on every callback, in `order`."
@@ -152,8 +164,12 @@ class Trainer:
         "What this run will do and on what hardware, printed at the start of `fit`."
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         tf32 = torch.backends.cuda.matmul.allow_tf32 if self.device.type == "cuda" else None
-        return run_header(self.device, name, self.precision, self.compiled, self.compile_reason, tf32, self.model_cfg,
+        head = run_header(self.device, name, self.precision, self.compiled, self.compile_reason, tf32, self.model_cfg,
                           self.train_cfg, self.accum, self.model.num_params(), str(self.data), available_memory(self.device))
+        d = self.dist
+        if not d.enabled: return head
+        return head + (f"\n{d.world_size} processes ({d.backend}, {self.train_cfg.parallel}): each takes {self.accum * self.train_cfg.batch_size * self.model_cfg.block_size:,} "
+                       f"of the {self.tokens_per_step:,} tokens of a step; the memory above is per process")
 
     def lr(self, step: int | None = None) -> float:
         "The learning rate at `step`; with a time budget the decay ends when the budget does (estimated from the pace so far)."
@@ -165,7 +181,7 @@ class Trainer:
 
     def mfu(self, tokens_per_s: float) -> float | None:
         "Model FLOPs utilisation at `tokens_per_s`, or None where the device's peak is unknown (CPU, MPS)."
-        return tokens_per_s * self._flops_per_token / self._peak if self._peak else None
+        return tokens_per_s * self._flops_per_token / (self._peak * self.dist.world_size) if self._peak else None
 
     @property
     def run_time(self) -> float:
@@ -177,14 +193,16 @@ class Trainer:
         self.mid_step = True
         set_lr(self.optimizer, self.lr(), self.train_cfg.learning_rate)
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(self.accum):
+        for i in range(self.accum):
             x, y = self.train_batches()
-            with self.precision.autocast(): _, loss = self.forward(x, y)
-            self.scaler.scale(loss / self.accum).backward()
+            with sync_gradients(self.wrapped, i == self.accum - 1):   # several processes: average the gradients once, at the end
+                with self.precision.autocast(): _, loss = self.forward(x, y)
+                self.scaler.scale(loss / self.accum).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)   # so clipping sees the true gradients (a no-op without a scaler)
         clip = self.train_cfg.grad_clip
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip > 0 else torch.zeros((), device=self.device)
+        if hasattr(norm, "full_tensor"): norm = norm.full_tensor()   # FSDP: the norm of the whole gradient, not of a shard
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -203,7 +221,7 @@ class Trainer:
                 for i in range(self.train_cfg.eval_iters):
                     x, y = sampler()
                     with self.precision.autocast(): losses[i] = self.forward(x, y)[1]
-                out[split] = losses.mean().item()
+                out[split] = all_reduce_mean(losses.mean()).item()   # several processes: the mean of their means
         return out
 
     def sample(self, prompt: str | None = None, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
@@ -211,6 +229,13 @@ class Trainer:
         "Generate text from `prompt` with the model as it is now (its own generator: the run's randomness is untouched)."
         return generate_text(self.model, self.data.tokenizer, self.train_cfg.sample_prompt if prompt is None else prompt,
                              max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, autocast=self.precision.autocast())[0]
+
+    def weights(self) -> dict:
+        "The model's whole weights, on the CPU. FSDP: gathered from every process, so every process calls this; process 0 gets them."
+        if is_sharded(self.model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def request_stop(self, reason: str = "interrupted"):
         "Stop cleanly after the current step (what the first Ctrl+C and early stopping do)."
@@ -230,11 +255,15 @@ class Trainer:
             while self.step < c.max_iters and not self._stop_requested:
                 loss, norm = self.train_step()
                 loss_sum += loss; finite &= torch.isfinite(loss); n += 1
-                over_time = c.max_time and self.run_time + self._eval_seconds > c.max_time   # leave time to evaluate
+                over_time = bool(c.max_time) and self.run_time + self._eval_seconds > c.max_time   # leave time to evaluate
+                if self.dist.enabled:   # several processes take every branch below together: one answer for all
+                    over_time, ctrl_c = agree(over_time, self._ctrl_c)
+                    if ctrl_c and not self._stop_requested: self.request_stop("interrupted")
                 last = self.step == c.max_iters or over_time or self._stop_requested
                 if self.step % c.log_interval == 0 or last:
-                    if not finite.item(): self._diverged(loss.item())   # the one device sync, every log_interval steps
-                    self._record_train(loss_sum / n, norm, n, time.perf_counter() - t_win)
+                    mean, bad = all_reduce_mean(torch.stack([loss_sum / n, (~finite).float()])).unbind()   # (one process: as is)
+                    if bad.item(): self._diverged(loss.item())   # the one device sync, every log_interval steps
+                    self._record_train(mean, norm, n, time.perf_counter() - t_win)
                     loss_sum.zero_(); n = 0
                     t_win = time.perf_counter()
                 if (self.step % c.eval_interval == 0 or last) and not self._stop_requested:
@@ -291,19 +320,26 @@ class Trainer:
     def _catch_ctrl_c(self):
         "The first Ctrl+C asks the loop to stop after the current step (so a checkpoint is exact); the second stops at once."
         def handler(signum, frame):
-            if self._stop_requested: raise KeyboardInterrupt
+            if self._stop_requested or self._ctrl_c: raise KeyboardInterrupt
             self.log("Ctrl+C: stopping after this step (press again to stop at once)")
-            self.request_stop("interrupted")
+            if self.dist.enabled: self._ctrl_c = True   # several processes: they agree on the step to stop at first
+            else: self.request_stop("interrupted")
         try: return signal.signal(signal.SIGINT, handler)
         except ValueError: return None   # not the main thread: Ctrl+C raises KeyboardInterrupt as usual
 
     def state_dict(self) -> dict:
         "Everything that shapes the rest of the run, as plain data (see The state of a run, below)."
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.step * self.tokens_per_step / len(self.data.train), "best_val": self.best_val,
-                "bad_evals": self.bad_evals, "elapsed": self.run_time, "history": self.history, "rng": _rng_state(),
-                "samplers": {"train": self.train_batches.state_dict(),
-                             **{f"eval_{k}": s.state_dict() for k, s in self.eval_batches.items()}},
+        if sharded := is_sharded(self.model):   # FSDP: each process's shards, saved by torch.distributed.checkpoint (chapter 07)
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        else: model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
+        mine = {"rng": _rng_state(), "samplers": {"train": self.train_batches.state_dict(),
+                                                  **{f"eval_{k}": s.state_dict() for k, s in self.eval_batches.items()}}}
+        ranks = gather_objects(mine)   # several processes: every one's random state and data stream, in rank order
+        return {"model": model_sd, "optimizer": optim_sd, "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.step * self.tokens_per_step / self.data.n_tokens("train"), "best_val": self.best_val,
+                "bad_evals": self.bad_evals, "elapsed": self.run_time, "history": self.history, **mine,
+                "world_size": self.dist.world_size, "ranks": ranks if self.dist.enabled else None, "sharded": sharded,
                 "model_config": asdict(self.model_cfg), "train_config": asdict(self.train_cfg),
                 "tokenizer": self.data.tokenizer.fingerprint, "data": self.data.source,
                 "callbacks": {type(cb).__name__: s for cb in self.callbacks if (s := cb.state_dict()) is not None}}
@@ -316,14 +352,30 @@ class Trainer:
             raise ValueError(f"the checkpoint is of a different model (saved vs now: {diff}); resume with the same model settings")
         if state["tokenizer"] != self.data.tokenizer.fingerprint:
             raise ValueError("the checkpoint was trained with a different tokenizer; resume with the run's own tokenizer.json")
-        self.model.load_state_dict(clean_state_dict(state["model"]))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(self.model):
+            if not state.get("sharded"):
+                raise ValueError("this checkpoint holds whole weights (a run with one process or DDP): resume it with parallel=ddp")
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        elif state.get("sharded"):   # a sharded checkpoint made whole (chapter 07): the optimizer's state is keyed by name
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+            set_state_dict(self.model, self.optimizer, model_state_dict=clean_state_dict(state["model"]), optim_state_dict=state["optimizer"])
+        else:
+            self.model.load_state_dict(clean_state_dict(state["model"]))
+            self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]: self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_val, self.bad_evals, self.elapsed = state["step"], state["best_val"], state["bad_evals"], state["elapsed"]
         self.history = state["history"]
-        _set_rng_state(state["rng"])
-        self.train_batches.load_state_dict(state["samplers"]["train"])
-        for k, s in self.eval_batches.items(): s.load_state_dict(state["samplers"][f"eval_{k}"])
+        saved, now = state.get("world_size", 1), self.dist.world_size
+        mine = state["ranks"][self.dist.rank] if saved == now and state.get("ranks") else state   # this process's own
+        _set_rng_state(mine["rng"])
+        self.train_batches.load_state_dict(mine["samplers"]["train"])
+        for k, s in self.eval_batches.items(): s.load_state_dict(mine["samplers"][f"eval_{k}"])
+        if saved != now:   # the data stream is one for all processes, so it goes on from the same place
+            if self.dist.enabled: torch.manual_seed(self.train_cfg.seed + 1000 * self.step + self.dist.rank)   # own dropout
+            self.log(f"this run was saved by {saved} process{'es' if saved > 1 else ''} and resumes with {now}: it continues "
+                     f"from step {self.step:,} and the same place in the data, but not bit for bit (each process's share "
+                     "of the batch and its random state change)")
         for cb in self.callbacks:
             if (s := state.get("callbacks", {}).get(type(cb).__name__)) is not None: cb.load_state_dict(s)
 
@@ -373,6 +425,7 @@ class LogLines(Callback):
 class SampleText(Callback):
     "Print `tokens` tokens of text generated from `prompt` at each evaluation."
     order = 10
+    all_ranks = True   # FSDP: every process holds a slice of the model, so every one takes part in generating (the same text)
     def __init__(self, tokens: int = 200, prompt: str = "\n"): self.tokens, self.prompt = tokens, prompt
     def on_eval(self, t, row, improved):
         t.last_sample = t.sample(self.prompt, self.tokens)
@@ -381,6 +434,7 @@ class SampleText(Callback):
 class EarlyStopping(Callback):
     "Stop the run after `patience` evaluations in a row without a better val loss."
     order = 20
+    all_ranks = True   # every process sees the same (averaged) val loss, so all stop at the same step
     def __init__(self, patience: int): self.patience = patience
     def on_eval(self, t, row, improved):
         if t.bad_evals >= self.patience: t.request_stop("early stopping")
