@@ -6,7 +6,6 @@
 from __future__ import annotations
 import argparse, inspect, os, re, sys
 from dataclasses import MISSING, fields
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -21,6 +20,9 @@ from .evaluate import load_hellaswag, perplexity, score_hellaswag
 from .training import TrainConfig, TrainingDiverged
 from .runner import PRESETS, auto_preset, get_preset, train
 from .diagnose import diagnose_run, plot_runs
+from .distributed import DistEnv, close_distributed, init_distributed
+from .shards import ShardedData, parse_tokens, prepare_shards
+from .scaling import GPU_PRICES, estimate_run, format_estimate, measure_tokens_per_s
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -85,9 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--bpe_vocab_size", type=int, default=8192, help="vocabulary size of the bpe tokenizer (default: 8192)")
         sp.add_argument("--cache_dir", default=None, help="cache folder for downloads and token ids (default: $TINY_GPT_CACHE or ~/.cache/tiny_gpt)")
 
-    sp = sub.add_parser("prepare", help="download, tokenize and cache the data; print sizes",
-                        description="Download the data, tokenize it and cache the ids, then print the sizes.")
+    sp = sub.add_parser("prepare", help="download, tokenize and cache the data; or write a large corpus as token shards",
+                        description="Download the data, tokenize it and cache the ids, then print the sizes. With --dataset: "
+                                    "stream a Hugging Face dataset (or a local folder in its layout) into token shards and a "
+                                    "manifest in --out, for `train --data FOLDER` (e.g. FineWeb-Edu 10B for GPT-2 124M).")
     data_args(sp)
+    sp.add_argument("--dataset", default=None, help="NAME[:CONFIG], e.g. HuggingFaceFW/fineweb-edu:sample-10BT, or a local "
+                                                    "dataset folder: write token shards (the tokenizer defaults to gpt2)")
+    sp.add_argument("--out", default=None, help="with --dataset: the folder for the shards and manifest.json (default: the dataset's name)")
+    sp.add_argument("--shard_tokens", default="100M", help="with --dataset: tokens per shard, e.g. 100M (default: 100M)")
+    sp.add_argument("--val_tokens", default=None, help="with --dataset: tokens of the validation shard, written first (default: one shard)")
+    sp.add_argument("--max_tokens", default=None, help="with --dataset: stop after this many tokens, e.g. 500M for a trial")
+    sp.add_argument("--split", default="train", help="with --dataset: the split to read (default: train)")
+    sp.add_argument("--column", default="text", help="with --dataset: the column holding the text (default: text)")
+    sp.add_argument("--num_proc", type=int, default=None, help="with --dataset: tokenizing processes (default: the CPU count less one)")
 
     sp = sub.add_parser("train", help="train a model and save it with its config and tokenizer",
                         description="Train a GPT. Every GPTConfig and TrainConfig field is an option (--key=value).",
@@ -131,11 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(sp, ModernConfig, skip=_PLAIN)         # the modern GPT's switches
     _add_fields(sp, TrainConfig, skip=("sample_tokens",))
 
-    sp = sub.add_parser("estimate", help="estimate the memory each preset needs on a T4, an A100 and an M4",
+    sp = sub.add_parser("estimate", help="estimate memory per preset; with --tokens or --data, the time and cost of an epoch",
                         description="Estimate the training memory of each preset (at its batch size) on Colab's T4 and A100 "
-                                    "and on 16 GB and 24 GB Apple M4s, in the precision each would use.")
+                                    "and on 16 GB and 24 GB Apple M4s, in the precision each would use. With a corpus size "
+                                    "(--tokens, or --data a shard folder): tokens per step, steps per epoch, time per step and "
+                                    "per epoch, and cost, on --gpus GPUs of kind --gpu at an assumed --mfu, or (--measure) "
+                                    "at the speed of a few real steps on this machine.")
     sp.add_argument("--preset", default=None, choices=list(PRESETS), help="one preset (default: all)")
     sp.add_argument("--batch_size", type=int, default=None, help="sequences per micro-batch (default: the preset's)")
+    sp.add_argument("--tokens", default=None, help="the corpus size in tokens, e.g. 10B")
+    sp.add_argument("--data", default=None, help="a shard folder (tiny-gpt prepare --dataset): its train tokens are the corpus")
+    sp.add_argument("--gpu", default="H100", help=f"the GPU kind: {', '.join(GPU_PRICES)}, ... (default: H100)")
+    sp.add_argument("--gpus", type=int, default=1, help="how many GPUs (default: 1)")
+    sp.add_argument("--mfu", type=float, default=0.45, help="assumed model FLOPs utilisation (default: 0.45)")
+    sp.add_argument("--price", type=float, default=None, help="USD per GPU-hour (default: an assumed on-demand price)")
+    sp.add_argument("--epochs", type=float, default=1.0, help="epochs over the corpus (default: 1)")
+    sp.add_argument("--measure", action="store_true", help="time a few real steps on this machine and use their speed")
+    sp.add_argument("--steps", type=int, default=3, help="with --measure: timed steps (default: 3)")
 
     sp = sub.add_parser("checkpoints", help="list the checkpoints of a run", description="List the checkpoints of a run folder.")
     sp.add_argument("out_dir", help="the run folder")
@@ -179,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/10_cli.ipynb #564eaf8d
 def _cmd_prepare(a):
+    if a.dataset:
+        name, _, config = a.dataset.partition(":") if not Path(a.dataset).exists() else (a.dataset, "", "")
+        out = a.out or Path(name.rstrip("/")).name
+        manifest = prepare_shards(name, out, a.tokenizer or "gpt2", parse_tokens(a.shard_tokens),
+                                  parse_tokens(a.val_tokens) if a.val_tokens else None, config or None, a.split, a.column,
+                                  a.num_proc, parse_tokens(a.max_tokens) if a.max_tokens else None)
+        print(ShardedData(manifest.parent))
+        print(f"wrote {manifest}. Train on it with: tiny-gpt train --data {manifest.parent} (or torchrun ... -m tiny_gpt.cli train ...)")
+        return
     d = prepare_data(a.data or "tinyshakespeare", a.tokenizer or "char", cache_dir=a.cache_dir, bpe_vocab_size=a.bpe_vocab_size)
     print(d)
     for split in ("train", "val"):
@@ -205,6 +239,7 @@ def _cmd_bench(a):
 _MACHINES = [("T4 (16 GB)", "cuda", "fp16"), ("A100 (40 GB)", "cuda", "bf16"), ("M4 (16 GB)", "mps", "fp32"), ("M4 (24 GB)", "mps", "fp32")]
 
 def _cmd_estimate(a):
+    if a.tokens or a.data or a.measure: return _estimate_time(a)
     print(f"{'preset':17s} {'params':>8s} {'batch':>5s}" + "".join(f"{n + ' ' + p:>24s}" for n, _, p in _MACHINES))
     for name in [a.preset] if a.preset else PRESETS:
         m, t = get_preset(name, **({"batch_size": a.batch_size} if a.batch_size is not None else {}))
@@ -215,6 +250,27 @@ def _cmd_estimate(a):
         print(f"{name:17s} {est['params'] / 1e6:7.2f}M {t.batch_size:5d}" + "".join(f"{c:>24s}" for c in cells))
     print("(estimates: within 20% of a measured CPU run, GPU allocators differ; available: a GPU's memory less its CUDA "
           "context, about two thirds of a Mac's)")
+
+def _estimate_time(a):
+    name = a.preset or "gpt2-fineweb"
+    shards = ShardedData(a.data) if a.data else None
+    kw = {**({"batch_size": a.batch_size} if a.batch_size is not None else {}),
+          **({"vocab_size": shards.tokenizer.vocab_size} if shards else {})}   # the shards' tokenizer decides the vocabulary
+    m, t = get_preset(name, **kw)
+    corpus = parse_tokens(a.tokens) if a.tokens else shards.n_tokens("train") if shards else None
+    if corpus is None: raise ValueError("give the corpus size: --tokens (e.g. 10B) or --data a shard folder")
+    measured, gpu = None, a.gpu
+    if a.measure:
+        r = measure_tokens_per_s(name, steps=a.steps, **kw)
+        measured = r["tokens_per_s"]
+        dev = torch.device(r["device"])
+        gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else a.gpu if a.gpus > 1 else dev.type
+        print(f"measured {r['steps']} steps of {name} on {r['device']}: {r['ms_per_step']:.0f} ms per step, {measured:,.0f} tokens/s")
+    est = estimate_run(m, t, corpus, gpu, a.gpus, a.mfu, measured, a.price, a.epochs)
+    mem = estimate_memory(m, t.batch_size, "bf16", "cuda", t.optimizer)
+    print(f"{name}: {est['flops_per_token'] / 1e9:.2f} GFLOP per token, about {mem['total'] / GiB:.1f} GiB per GPU in bf16 at "
+          f"batch {t.batch_size}; corpus {corpus:,} tokens")
+    print(format_estimate(est))
 
 def _cmd_checkpoints(a):
     from tiny_gpt.checkpoint import checkpoint_table
@@ -227,28 +283,22 @@ def _cmd_export(a):
 def _cmd_diagnose(a): print(diagnose_run(a.out_dir, which=a.which))
 
 def _cmd_eval(a):
-    world = int(os.environ.get("WORLD_SIZE", "1"))   # under torchrun: one process per device, examples split between them
-    if world > 1:
-        import torch.distributed as dist
-        cuda = torch.cuda.is_available() and a.device in ("auto", "cuda")
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
-        if cuda: a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    try:
-        if a.init_from:
-            model, tok, what = GPT.from_pretrained(a.init_from).to(choose_device(a.device)).eval(), get_tokenizer("gpt2"), a.init_from
-        else: (model, tok, _), what = load_run(a.out_dir or "out", device=a.device), a.out_dir or "out"
-        first = int(os.environ.get("RANK", "0")) == 0
-        if a.task == "hellaswag":
-            if a.limit is not None and a.limit < 1: raise ValueError(f"--limit must be at least 1, got {a.limit}")
-            r = score_hellaswag(model, tok, load_hellaswag(a.data, limit=a.limit), a.batch_size, progress=first)
-            if first: print(f"HellaSwag, {r['n']:,} examples, {what}: acc_norm {r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}, "
-                            f"acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}" + (f" ({world} processes)" if world > 1 else ""))
-        else:
-            r = perplexity(model, tok, Path(a.data).read_text(encoding="utf-8"), stride=a.stride, batch_size=a.batch_size, progress=first)
-            if first: print(f"{what} on {a.data}: {r['tokens']:,} tokens, loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, "
-                            f"{r['bits_per_byte']:.4f} bits per byte")
-    finally:
-        if world > 1: dist.destroy_process_group()
+    env, dev = init_distributed(a.device)   # under torchrun: one process per device, examples split between them
+    world = env.world_size
+    if env.enabled: a.device = str(dev)
+    if a.init_from:
+        model, tok, what = GPT.from_pretrained(a.init_from).to(choose_device(a.device)).eval(), get_tokenizer("gpt2"), a.init_from
+    else: (model, tok, _), what = load_run(a.out_dir or "out", device=a.device), a.out_dir or "out"
+    first = env.is_main
+    if a.task == "hellaswag":
+        if a.limit is not None and a.limit < 1: raise ValueError(f"--limit must be at least 1, got {a.limit}")
+        r = score_hellaswag(model, tok, load_hellaswag(a.data, limit=a.limit), a.batch_size, progress=first)
+        if first: print(f"HellaSwag, {r['n']:,} examples, {what}: acc_norm {r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}, "
+                        f"acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}" + (f" ({world} processes)" if world > 1 else ""))
+    else:
+        r = perplexity(model, tok, Path(a.data).read_text(encoding="utf-8"), stride=a.stride, batch_size=a.batch_size, progress=first)
+        if first: print(f"{what} on {a.data}: {r['tokens']:,} tokens, loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, "
+                        f"{r['bits_per_byte']:.4f} bits per byte")
 
 def _cmd_plot(a): print(f"saved {plot_runs(a.runs, a.png)}")
 
@@ -265,13 +315,16 @@ def main(argv=None) -> int:
     cmds = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "estimate": _cmd_estimate,
             "checkpoints": _cmd_checkpoints, "export": _cmd_export,
             "restore": _cmd_restore, "diagnose": _cmd_diagnose, "plot": _cmd_plot, "eval": _cmd_eval}
+    env = DistEnv.from_env()
+    who = f"tiny-gpt {a.command}" + (f" (process {env.rank} of {env.world_size})" if env.enabled else "")
     try: cmds[a.command](a)
     except (ValueError, FileNotFoundError, DeviceError, DownloadError) as e:
-        print(f"tiny-gpt {a.command}: error: {e}", file=sys.stderr); return 2
+        print(f"{who}: error: {e}", file=sys.stderr); return 2
     except TrainingDiverged as e:
-        print(f"tiny-gpt {a.command}: {e}", file=sys.stderr); return 1
+        print(f"{who}: {e}", file=sys.stderr); return 1
     except KeyboardInterrupt:   # a second Ctrl+C during training, or one in data preparation
-        print(f"tiny-gpt {a.command}: interrupted", file=sys.stderr); return 130
+        print(f"{who}: interrupted", file=sys.stderr); return 130
+    finally: close_distributed()   # under torchrun: leave the process group (no-op otherwise)
     return 0
 
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # `python -m tiny_gpt.cli`, not a notebook

@@ -11,6 +11,7 @@ import torch
 
 from .core import safe_load
 from .data import prepare_data
+from .shards import MANIFEST, ShardedData
 from .model import GPTConfig, load_gpt2
 from .modern import ModernConfig, config_from_dict
 from .tokenization import Tokenizer
@@ -53,6 +54,13 @@ PRESETS = {
                    dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.0, bias=True),
                    dict(batch_size=16, tokens_per_step=524_288, learning_rate=6e-4, min_lr=6e-5, warmup_iters=700,
                         max_iters=5000, eval_interval=250, eval_iters=50, weight_decay=0.1, beta2=0.95)),
+    "gpt2-fineweb": Preset("GPT-2 124M from scratch on FineWeb-Edu 10B (tiny-gpt prepare --dataset ...): one epoch of 0.5M-token "
+                           "steps, bf16, compiled, fused AdamW; for 1 to 8 GPUs with torchrun",
+                           dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.0, bias=True),
+                           dict(batch_size=64, tokens_per_step=524_288, learning_rate=6e-4, min_lr=6e-5, warmup_iters=715,
+                                max_iters=19_073, eval_interval=250, eval_iters=20, weight_decay=0.1, beta1=0.9, beta2=0.95,
+                                dtype="bf16", compile=True, adamw_impl="fused", save_every=1000, keep_last=2, sample_tokens=64,
+                                sample_prompt="Hello, I'm a language model,")),
     "gpt2-finetune": Preset("continue OpenAI's GPT-2 on your text (--init_from gpt2): a small learning rate, a context of 256",
                             dict(n_layer=12, n_head=12, n_embd=768, block_size=256, vocab_size=50257, dropout=0.1, bias=True),
                             dict(batch_size=8, learning_rate=3e-5, min_lr=3e-6, warmup_iters=50, max_iters=1000, eval_interval=100,
@@ -140,7 +148,11 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
     device = choose_device(train_cfg.device)
     choose_precision(device, train_cfg.dtype)   # fail before the data work
     loggers = make_loggers(train_cfg.loggers) if out_dir is not None else []   # an unknown or missing logger too
-    td = prepare_data(data or "tinyshakespeare", tok, cache_dir=cache_dir, bpe_vocab_size=bpe_vocab_size, progress=train_cfg.progress)
+    if data is not None and (Path(data) / MANIFEST).is_file():   # a sharded corpus (tiny-gpt prepare --dataset ...)
+        td = ShardedData(data)
+        if isinstance(tok, str) and tokenizer and tok != td.tokenizer.kind:
+            raise ValueError(f"{data} was tokenized with {td.tokenizer.kind}: leave out --tokenizer {tok} (the shards decide it)")
+    else: td = prepare_data(data or "tinyshakespeare", tok, cache_dir=cache_dir, bpe_vocab_size=bpe_vocab_size, progress=train_cfg.progress)
     for split in ("train", "val"):
         if td.n_tokens(split) <= model_cfg.block_size + 1:
             raise ValueError(f"the {split} split has {td.n_tokens(split):,} tokens, too few for block_size "
