@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .core import LoadError, atomic_write_json, safe_load, sha256_file
+from .core import LoadError, atomic_open, atomic_write_json, safe_load, sha256_file
 from .model import clean_state_dict
 from .modern import config_from_dict
 from .training import Callback
 from .distributed import DistEnv, agree, barrier, is_sharded
 
 # %% auto #0
-__all__ = ['CheckpointError', 'Checkpoint', 'CheckpointManager', 'load_checkpoint', 'load_sharded_into', 'Checkpointer',
-           'checkpoint_table', 'export']
+__all__ = ['CheckpointError', 'Checkpoint', 'CheckpointManager', 'load_checkpoint', 'consolidate', 'load_sharded_into',
+           'Checkpointer', 'checkpoint_table', 'export']
 
 # %% ../nbs/07_checkpoints.ipynb #9e7fd3e4
 class CheckpointError(LoadError):
@@ -175,6 +175,12 @@ def load_checkpoint(path) -> dict:
         except Exception as e: raise CheckpointError(f"could not read the shards in {path} ({e}); use another checkpoint") from None
         whole = safe_load(Path(d) / "whole.pt", what="checkpoint")
     return {**state, "model": whole["model"], "optimizer": whole["optimizer"]}   # "sharded": the optimizer's state is by name
+
+def consolidate(path, dest) -> Path:
+    "Write sharded checkpoint `path` as one ordinary checkpoint file `dest` (atomically): whole weights, resumable with DDP or one process."
+    state = load_checkpoint(path)
+    with atomic_open(dest, "wb") as f: torch.save(state, f)
+    return Path(dest)
 
 def load_sharded_into(trainer, path) -> dict:
     "The state of sharded checkpoint `path` for `trainer` (an FSDP run): every process reads its own shards, in place."

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out_dir", default="out", help="the run folder (default: out)")
     sp.add_argument("--dest", required=True, help="folder to write the export into")
     sp.add_argument("--which", default="best", help="best, latest or a checkpoint path (default: best)")
+    sp.add_argument("--checkpoint", action="store_true", help="instead: write the whole checkpoint (weights, optimizer, random "
+                                                              "state) as one .pt file at --dest, e.g. from an FSDP run's shards")
     sp = sub.add_parser("restore", help="restore a run's newest valid checkpoint from its backup (Google Drive)",
                         description="Copy the newest valid checkpoint of a run, and its tokenizer, back from its backup folder.")
     sp.add_argument("--out_dir", default="out", help="the run folder to restore into; its name picks the backup (default: out)")
@@ -277,7 +279,10 @@ def _cmd_checkpoints(a):
     print(checkpoint_table(a.out_dir))
 
 def _cmd_export(a):
-    from tiny_gpt.checkpoint import export
+    from tiny_gpt.checkpoint import CheckpointManager, consolidate, export
+    if a.checkpoint:
+        src = CheckpointManager(a.out_dir).resolve(a.which)
+        print(f"wrote {consolidate(src, a.dest)} (from {src}); resume from it with --resume {a.dest}"); return
     print(f"exported to {export(a.out_dir, a.dest, a.which)}")
 
 def _cmd_diagnose(a): print(diagnose_run(a.out_dir, which=a.which))
