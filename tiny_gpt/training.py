@@ -374,7 +374,7 @@ class Trainer:
         if saved != now:   # the data stream is one for all processes, so it goes on from the same place
             if self.dist.enabled: torch.manual_seed(self.train_cfg.seed + 1000 * self.step + self.dist.rank)   # own dropout
             self.log(f"this run was saved by {saved} process{'es' if saved > 1 else ''} and resumes with {now}: it continues "
-                     f"from step {self.step:,} and the same place in the data, but not bit for bit (each process's share "
+                     f"from step {self.step:,} and the same place in the data, but not necessarily bit for bit (each process's share "
                      "of the batch and its random state change)")
         for cb in self.callbacks:
             if (s := state.get("callbacks", {}).get(type(cb).__name__)) is not None: cb.load_state_dict(s)
