@@ -107,7 +107,8 @@ def wrap_model(model: nn.Module, device: torch.device, parallel: str = "ddp") ->
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from torch.distributed.fsdp import fully_shard
+    try: from torch.distributed.fsdp import fully_shard                    # torch 2.6 and newer
+    except ImportError: from torch.distributed._composable.fsdp import fully_shard   # 2.4, 2.5
     for block in getattr(model, "h", []): fully_shard(block)   # a GPT's transformer blocks, one by one
     fully_shard(model)                                         # then what is left: embeddings, final norm, head
     return model
@@ -127,5 +128,6 @@ def sync_gradients(model: nn.Module, on: bool):
 
 def is_sharded(model: nn.Module) -> bool:
     "Whether `model` was sharded by FSDP2 (its parameters are `DTensor`s)."
-    from torch.distributed.tensor import DTensor
+    try: from torch.distributed.tensor import DTensor           # torch 2.5 and newer
+    except ImportError: from torch.distributed._tensor import DTensor   # 2.4
     return any(isinstance(p, DTensor) for p in model.parameters())

@@ -202,6 +202,7 @@ def load_hellaswag(path=None, cache_dir=None, download=None, limit: int | None =
 class HellaSwagEval(Callback):
     "Score HellaSwag at each evaluation whose step is a multiple of `every`, adding `hellaswag_acc(_norm)` to its row."
     order = 25   # after EarlyStopping (20), before the loggers (30) that write the row
+    all_ranks = True   # several processes: each scores its share of the examples, and score_hellaswag adds up the counts
     def __init__(self, every: int, examples: list[dict] | None = None, limit: int | None = 500, batch_size: int = 16):
         if every < 1: raise ValueError(f"every must be at least 1, got {every}")
         self.every, self.examples, self.limit, self.batch_size = every, examples, limit, batch_size

@@ -63,12 +63,13 @@ def format_estimate(e: dict) -> str:
     "The estimate as the lines `tiny-gpt estimate` prints."
     how = "measured on this machine" if e["measured"] else f"assumed MFU {e['mfu']:.0%}"
     mfu = f" (MFU {e['mfu']:.0%})" if e["measured"] and e["mfu"] else ""
-    gpus = f"{e['n_gpus']} GPU{'s' if e['n_gpus'] > 1 else ''}"
+    kind = "GPU" if e["gpu"].lower() not in ("cpu", "mps") else "device"   # --measure on a CPU or a Mac
+    gpus = f"{e['n_gpus']} {kind}{'s' if e['n_gpus'] > 1 else ''}"
     cost = (f"${e['cost']:,.{0 if e['cost'] >= 100 else 2}f} at ${e['price_per_gpu_hour']:.2f} per GPU-hour" if e["cost"] is not None
             else "cost: pass --price (USD per GPU-hour)")
     return (f"{e['n_gpus']} x {e['gpu']}: {e['tokens_per_step']:,} tokens per step ({e['micro_batch']} sequences x "
             f"{e['accum']} accumulation x {gpus}), {e['steps_per_epoch']:,} steps per epoch\n"
-            f"throughput {e['tokens_per_s']:,.0f} tokens/s ({e['tokens_per_s'] / e['n_gpus']:,.0f} per GPU, {how}){mfu}, "
+            f"throughput {e['tokens_per_s']:,.0f} tokens/s ({e['tokens_per_s'] / e['n_gpus']:,.0f} per {kind}, {how}){mfu}, "
             f"{e['s_per_step']:.2f} s per step\n"
             f"time {_duration(e['hours_per_epoch'] * 3600)} per epoch, {_duration(e['hours'] * 3600)} for {e['epochs']:g} "
             f"epoch{'s' if e['epochs'] != 1 else ''}; {cost}")
