@@ -266,8 +266,8 @@ def _estimate_time(a):
         r = measure_tokens_per_s(name, steps=a.steps, **kw)
         measured = r["tokens_per_s"]
         dev = torch.device(r["device"])
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        gpu = next((k for k in sorted(GPU_PRICES, key=len, reverse=True) if k in name), name)   # "NVIDIA H100 80GB HBM3": H100
+        dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+        gpu = next((k for k in sorted(GPU_PRICES, key=len, reverse=True) if k in dev_name), dev_name)   # "NVIDIA H100 80GB HBM3": H100
         print(f"measured {r['steps']} steps of {name} on {r['device']}: {r['ms_per_step']:.0f} ms per step, {measured:,.0f} tokens/s")
     est = estimate_run(m, t, corpus, gpu, a.gpus, a.mfu, measured, a.price, a.epochs)
     mem = estimate_memory(m, t.batch_size, "bf16", "cuda", t.optimizer)
