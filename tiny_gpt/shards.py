@@ -54,6 +54,11 @@ def _encode_docs(docs: list[str], dtype: str, tok: Tokenizer | None = None) -> n
         ids.extend(tok.encode(d))
     return np.asarray(ids, dtype=dtype)
 
+def _batched(items, n: int):
+    "Lists of `n` of `items` (the last may be shorter), read lazily."
+    it = iter(items)
+    while batch := list(islice(it, n)): yield batch
+
 def _pool_fns():
     "The worker functions of the installed `tiny_gpt.shards` (a pool can pickle them by name), else these."
     try: mod = importlib.import_module("tiny_gpt.shards")
@@ -61,10 +66,6 @@ def _pool_fns():
     return mod._init_worker, mod._encode_docs
 
 # %% ../nbs/02a_shards.ipynb #b58f1897
-def _batched(items, n: int):
-    it = iter(items)
-    while batch := list(islice(it, n)): yield batch
-
 def _token_arrays(docs, tok: Tokenizer, dtype: str, num_proc: int):
     "Arrays of token ids of `docs`, in document order, from `num_proc` processes (1: this one)."
     batches = _batched(docs, _DOCS_PER_TASK)
