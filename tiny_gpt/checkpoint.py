@@ -15,7 +15,7 @@ from .core import LoadError, atomic_open, atomic_write_json, safe_load, sha256_f
 from .model import clean_state_dict
 from .modern import config_from_dict
 from .training import Callback
-from .distributed import DistEnv, agree, barrier, is_sharded
+from .distributed import DistEnv, agree, barrier
 
 # %% auto #0
 __all__ = ['CheckpointError', 'Checkpoint', 'CheckpointManager', 'load_checkpoint', 'consolidate', 'load_sharded_into',
@@ -96,14 +96,19 @@ class CheckpointManager:
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f); f.flush(); os.fsync(f.fileno())
-            meta = {"step": step, "epoch": state.get("epoch"), "tags": sorted(set(tags)), "size": os.path.getsize(tmp),
-                    "sha256": sha256_file(tmp), "created": time.time(), "elapsed": state.get("elapsed"), **(metrics or {})}
+            meta = self._sidecar(state, tags, metrics, size=os.path.getsize(tmp), sha256=sha256_file(tmp))
             atomic_write_json(mp, meta)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True); raise
         self.rotate()
         return Checkpoint(path, meta)
+
+    @staticmethod
+    def _sidecar(state: dict, tags, metrics: dict | None, **files) -> dict:
+        "What the sidecar of a checkpoint of `state` records: step, epoch, tags, what to verify it by, time, metrics."
+        return {"step": state["step"], "epoch": state.get("epoch"), "tags": sorted(set(tags)), **files, "created": time.time(),
+                "elapsed": state.get("elapsed"), **(metrics or {})}
 
     def resolve(self, which: str = "latest", missing_ok: bool = False) -> Path | None:
         "The path of the newest valid `latest`, the valid `best`, or a given file; damaged files are skipped with a warning."
@@ -153,8 +158,7 @@ def _save_sharded(manager: CheckpointManager, state: dict, tags, metrics: dict |
         rest = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
         with open(tmp / "trainer.pt", "wb") as f: torch.save(rest, f); f.flush(); os.fsync(f.fileno())
         files = {p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(tmp.iterdir())}
-        meta = {"step": step, "epoch": state.get("epoch"), "tags": sorted(set(tags)), "format": "dcp", "files": files,
-                "size": sum(size for size, _ in files.values()), "created": time.time(), "elapsed": state.get("elapsed"), **(metrics or {})}
+        meta = manager._sidecar(state, tags, metrics, format="dcp", files=files, size=sum(size for size, _ in files.values()))
         atomic_write_json(mp, meta)
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final)

@@ -42,6 +42,7 @@ class DistEnv:
                                             f"{e.get('LOCAL_RANK')!r}, {e.get('WORLD_SIZE')!r}); start the job with torchrun") from None
 
 # %% ../nbs/04c_distributed.ipynb #a18dcb3f
+_CONTROL = {}            # the CPU group `agree` uses in a CUDA run (below)
 DEFAULT_TIMEOUT = 600.0   # seconds a collective may wait for the slowest process (TINY_GPT_DIST_TIMEOUT overrides)
 
 def init_distributed(device: str = "auto", timeout: float | None = None, environ=None) -> tuple[DistEnv, torch.device]:
@@ -63,11 +64,14 @@ def init_distributed(device: str = "auto", timeout: float | None = None, environ
         seconds = timeout or float(os.environ.get("TINY_GPT_DIST_TIMEOUT", DEFAULT_TIMEOUT))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds),
                                 **({"device_id": dev} if cuda else {}))
+        # `agree` talks over the CPU: with nccl, a gloo group of its own (made now, by every process at the same point)
+        _CONTROL["group"] = dist.new_group(backend="gloo") if cuda else None
     return DistEnv(env.rank, env.local_rank, env.world_size, dist.get_backend()), dev
 
 def close_distributed():
     "Leave the run (at the very end): no-op on one process."
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    _CONTROL.clear()   # a later run makes its own groups
 
 # %% ../nbs/04c_distributed.ipynb #f1586bdb
 def _on() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -84,13 +88,11 @@ def gather_objects(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
-_CONTROL = {}
 def agree(*flags: bool) -> tuple[bool, ...]:
-    "Each flag true if it is true on any process: the same answer everywhere (over a CPU group, so no GPU sync)."
+    "Each flag true if it is true on any process: the same answer everywhere (over the CPU, so no GPU sync)."
     if not _on(): return tuple(bool(f) for f in flags)
-    if "group" not in _CONTROL: _CONTROL["group"] = dist.new_group(backend="gloo")   # created once, by every process
     t = torch.tensor([float(bool(f)) for f in flags])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL["group"])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL.get("group"))   # None: the gloo run's own group
     return tuple(bool(v) for v in t.tolist())
 
 def barrier():

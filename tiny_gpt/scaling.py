@@ -4,18 +4,15 @@
 
 # %% ../nbs/09b_scaling.ipynb #db4711bc
 from __future__ import annotations
-import math, time
+import math
 
 import torch
 
-from .core import atomic_write_json
-from .data import TextData
 from .device import PEAK_FLOPS, peak_flops
 from .model import GPTConfig, flops_per_token
-from .tokenization import CharTokenizer, get_tokenizer
-from .training import Trainer, TrainConfig
+from .training import TrainConfig
 from .runner import get_preset
-from .bench import time_steps
+from .bench import bench
 
 # %% auto #0
 __all__ = ['GPU_PRICES', 'estimate_run', 'format_estimate', 'measure_tokens_per_s']
@@ -76,16 +73,7 @@ def format_estimate(e: dict) -> str:
 
 # %% ../nbs/09b_scaling.ipynb #cad5bd73
 def measure_tokens_per_s(preset: str = "tiny", steps: int = 3, warmup: int = 1, **overrides) -> dict:
-    "Time `steps` real training steps of `preset` on this machine (random tokens of the preset's vocabulary): tokens/s and MFU."
-    model_cfg, train_cfg = get_preset(preset, **{"progress": False, "sample_tokens": 0, "max_iters": steps + warmup, **overrides})
-    tok = get_tokenizer("gpt2") if model_cfg.vocab_size > 256 else None
-    g = torch.Generator().manual_seed(0)
-    n = max(4 * model_cfg.block_size * train_cfg.batch_size, 10_000)
-    ids = torch.randint(model_cfg.vocab_size, (n,), generator=g).numpy().astype("uint16" if model_cfg.vocab_size <= 2**16 else "uint32")
-    if tok is None:
-        tok = CharTokenizer([chr(32 + i) for i in range(model_cfg.vocab_size)])
-    data = TextData(ids, ids, tok, "random tokens")
-    t = Trainer(model_cfg, train_cfg, data, log=lambda *a: None)
-    r = time_steps(t, steps, warmup)
-    return {"tokens_per_s": r["tokens_per_s"], "mfu": r["mfu"], "ms_per_step": r["ms_median"], "device": str(t.device),
-            "tokens_per_step": t.tokens_per_step, "steps": steps}
+    "Time `steps` real training steps of `preset` on this machine (through chapter 09's `bench`): tokens/s and MFU."
+    r = bench(preset, steps, warmup, log=lambda *a: None, **overrides)["result"]
+    return {"tokens_per_s": r["tokens_per_s"], "mfu": r["mfu"], "ms_per_step": r["ms_median"], "device": r["device"],
+            "tokens_per_step": r["tokens_per_step"], "steps": steps}

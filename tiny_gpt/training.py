@@ -13,9 +13,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .core import in_notebook, seed_everything
-from .data import BatchSampler, TextData
+from .data import TextData
 from .model import GPT, GPTConfig, clean_state_dict, evaluating, flops_per_token, generate_text
-from .device import available_memory, choose_device, choose_precision, estimate_memory, memory_line, peak_flops, should_compile
+from .device import available_memory, choose_precision, estimate_memory, memory_line, peak_flops, should_compile
 from .optim import configure_optimizer, lr_at, set_lr
 from .distributed import PARALLEL, agree, all_reduce_mean, gather_objects, init_distributed, is_sharded, sync_gradients, wrap_model
 
