@@ -59,8 +59,10 @@ def bench(preset: str = "tiny", steps: int = 30, warmup: int = 5, baseline: bool
     out = {"preset": preset, "overrides": overrides, "torch": torch.__version__, "result": result}
     log(_line("tiny_gpt", result))
     if sample_tokens:
-        out["sampling"] = sampling_speed(trainer.model, min(sample_tokens, trainer.model_cfg.block_size - 1))
-        log(f"sampling {sample_tokens} tokens: {out['sampling']['with_cache']:,.0f} tokens/s with the KV cache, "
+        n = min(sample_tokens, trainer.model_cfg.block_size - 1)   # the cache holds one block
+        out["sampling"] = sampling_speed(trainer.model, n)
+        capped = f" (the block size caps the {sample_tokens:,} asked)" if n < sample_tokens else ""
+        log(f"sampling {n:,} tokens{capped}: {out['sampling']['with_cache']:,.0f} tokens/s with the KV cache, "
             f"{out['sampling']['without_cache']:,.0f} without ({out['sampling']['speedup']:.2f}x)")
     if baseline:
         out["baseline"], _ = run(BASELINE, tf32=False)

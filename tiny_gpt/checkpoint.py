@@ -233,9 +233,10 @@ class Checkpointer(Callback):
         if trainer.mid_step:
             trainer.log(f"stopped in the middle of step {trainer.step + 1}: nothing saved. Resume from the last checkpoint "
                         f"with: {resume}"); return
-        if trainer.dist.enabled and (trainer.stop_reason == "error" or (emergency := trainer.stop_reason == "interrupted")
-                                     and not trainer._stop_requested):
-            # an error in one process, or a second Ctrl+C, is not a step the processes agreed on: saving would wait forever
+        # an error in one process, or a Ctrl+C that the processes did not agree on at the end of a step (the first one
+        # only asks to stop: `_stop_requested`), leaves them at different points: a collective save would wait forever
+        unagreed = trainer.stop_reason == "error" or (trainer.stop_reason == "interrupted" and not trainer._stop_requested)
+        if trainer.dist.enabled and unagreed:
             trainer.log(f"stopped ({trainer.stop_reason}) at step {trainer.step}: nothing saved. Resume from the last "
                         f"checkpoint with: torchrun ... {resume.removeprefix('tiny-gpt ')}"); return
         emergency = trainer.stop_reason in ("interrupted", "error")
@@ -251,7 +252,7 @@ def checkpoint_table(out_dir) -> str:
     ckpts = m.list()
     if not ckpts: return f"no checkpoints in {m.dir}"
     latest, best = ckpts[-1].step, getattr(_best(ckpts), "step", None)
-    f = lambda v, spec: format(v, spec) if v is not None else "-"
+    f = lambda v, spec: format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
     rows = [f"{'step':>8} {'epoch':>7} {'train loss':>10} {'val loss':>9} {'val ppl':>8} {'time':>8} {'size':>10}  tags"]
     for c in ckpts:
         g = c.meta.get
