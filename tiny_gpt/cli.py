@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=50, help="timed steps")
     sp.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
     sp.add_argument("--baseline", action="store_true", help="also time the plain baseline (eager, fp32, for-loop AdamW, attention by hand)")
-    sp.add_argument("--sample_tokens", type=int, default=0, help="also time generating this many tokens with and without the KV cache")
+    sp.add_argument("--sample_tokens", type=int, default=0, help="also time generating this many tokens (at most the block size) with and without the KV cache")
     sp.add_argument("--json", default=None, help="write the results to this JSON file")
     _add_fields(sp, GPTConfig, skip=("vocab_size",))
     _add_fields(sp, ModernConfig, skip=_PLAIN)         # the modern GPT's switches
