@@ -4,6 +4,7 @@
 
 # %% ../nbs/08a_runner.ipynb #8e8fccd2
 from __future__ import annotations
+import json, re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .checkpoint import CheckpointManager, Checkpointer, load_checkpoint, load_s
 from .distributed import DistEnv, is_sharded
 from .evaluate import HellaSwagEval
 from .monitor import RunLogger, make_loggers
-from .drive import DriveBackupCallback
+from .drive import DriveBackupCallback, backup_target, restore_run
 
 # %% auto #0
 __all__ = ['PRESETS', 'Preset', 'auto_preset', 'split_overrides', 'get_preset', 'train']
@@ -97,6 +98,12 @@ def get_preset(name: str = "tiny", **overrides) -> tuple[GPTConfig, TrainConfig]
     return config_from_dict({**p.model, **model_kw}), TrainConfig(**{**p.train, **train_kw})   # a modern switch: a ModernConfig
 
 # %% ../nbs/08a_runner.ipynb #43e73eb9
+def _backup_steps(backup_dir, out_dir) -> list[int]:
+    "The steps of the checkpoints that the backup of the run in `out_dir` lists (none if it has no backup yet)."
+    try: names = json.loads((backup_target(backup_dir, out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError): return []
+    return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"checkpoints/ckpt_(\d+)\.pt", n)))
+
 def train(preset: str = "auto", data: str | None = None, tokenizer: str | None = None, out_dir=None, cache_dir=None,
           bpe_vocab_size: int = 8192, final_sample: int = 500, resume: str | None = None, init_from: str | None = None,
           callbacks=(), log=None, **overrides) -> Trainer:
@@ -121,10 +128,19 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
     keep_last = train_kw.get("keep_last", 3)
     existing = out_dir is not None and (resume or (Path(out_dir) / "checkpoints").is_dir())   # no folder made before the checks
     manager = CheckpointManager(out_dir, keep_last=keep_last) if existing else None
+    backup_dir = train_kw.get("backup_dir")
     if resume:
         if resume in ("latest", "best", "auto"):
             if manager is None: raise ValueError(f"resume={resume!r} needs out_dir, the folder of the run to resume")
-            path = manager.resolve("latest" if resume == "auto" else resume, missing_ok=resume == "auto")
+            which = "best" if resume == "best" else "latest"
+            path = manager.resolve(which, missing_ok=True)
+            if path is None and which == "latest" and backup_dir and _backup_steps(backup_dir, out_dir):   # a new machine
+                if DistEnv.from_env().enabled:   # several processes would restore into one folder at once
+                    raise ValueError(f"{out_dir} has no checkpoint, but its backup has: restore it first (tiny-gpt restore "
+                                     f"--out_dir {out_dir} --backup_dir {backup_dir}), then start the processes again")
+                if (path := restore_run(backup_dir, out_dir)) is not None:
+                    (log or print)(f"{out_dir} had no checkpoint: restored {path.name} from the backup {backup_target(backup_dir, out_dir)}")
+            if path is None and resume != "auto": manager.resolve(which)   # raises: no valid checkpoint, and what to do
         else: path = Path(resume)
         if path is not None:   # (a sharded checkpoint: its settings now, its weights once the model exists)
             state = safe_load(path / "trainer.pt" if path.is_dir() else path, what="checkpoint")
@@ -145,6 +161,11 @@ def train(preset: str = "auto", data: str | None = None, tokenizer: str | None =
     else:
         model_cfg, train_cfg = fresh or get_preset(preset, **overrides)   # or resume="auto" found no checkpoint
         tok = tokenizer or "char"
+        if out_dir is not None and train_cfg.backup_dir and (steps := _backup_steps(train_cfg.backup_dir, out_dir)):
+            # a new run would share its backup folder with an older run's checkpoints, and the rotation would mix them
+            raise ValueError(f"the backup {backup_target(train_cfg.backup_dir, out_dir)} already holds the checkpoints of a "
+                             f"run (up to step {steps[-1]:,}). Continue it with --resume auto (resume='auto'), which "
+                             f"restores it from there, or train into another --out_dir")
     device = choose_device(train_cfg.device)
     choose_precision(device, train_cfg.dtype)   # fail before the data work
     loggers = make_loggers(train_cfg.loggers) if out_dir is not None else []   # an unknown or missing logger too
