@@ -174,7 +174,7 @@ def estimate_memory(model_cfg: GPTConfig, batch_size: int, precision: str = "fp3
     B, T, C, L, H, V = batch_size, model_cfg.block_size, model_cfg.n_embd, model_cfg.n_layer, model_cfg.n_head, model_cfg.padded_vocab_size
     materialised = not model_cfg.flash or device_type == "mps"
     parts = {"weights and gradients": 8 * n + (2 * n if act == 2 else 0),
-             "optimizer state": 8 * n if optimizer == "adamw" else 6 * n,
+             "optimizer state": 8 * n if optimizer == "adamw" else 6 * n,   # muon (04b): 4 bytes of momentum for the block matrices, AdamW's 8 for the rest
              "activations": L * B * T * C * 17 * act,
              "attention matrices": L * B * H * T * T * (act + 1 + act) if materialised else 0,   # scores, mask, softmax
              "logits": B * T * V * (act + 4 + 4)}
