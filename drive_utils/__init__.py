@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno, fnmatch, hashlib, json, os, queue, shutil, sys, tempfile, threading, time, uuid
 from pathlib import Path
 
-__all__ = ["in_colab", "mount", "flush", "default_target", "DriveBackup", "restore", "sha256_file", "BackupError"]
+__all__ = ["in_colab", "mount", "flush", "default_target", "DriveBackup", "restore", "read_manifest", "sha256_file", "BackupError"]
 
 DRIVE_MOUNT = "/content/drive"
 DEFAULT_FOLDER = "MyDrive/tiny_gpt_checkpoints"
@@ -59,6 +59,11 @@ def _copy_hashed(src: Path, dst: Path, chunk: int = 1 << 20) -> tuple[int, str]:
             h.update(b); fo.write(b); n += len(b)
         fo.flush(); os.fsync(fo.fileno())
     return n, h.hexdigest()
+
+def read_manifest(target) -> dict | None:
+    "What the backup in `target` lists (relative name -> size, sha256, time), or None if it has no readable manifest."
+    try: return json.loads((Path(target) / "manifest.json").read_text())
+    except (OSError, ValueError): return None
 
 def _write_json_atomic(path: Path, obj):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
@@ -198,8 +203,7 @@ def _age(seconds: float) -> str:
 def restore(target, local_dir, pattern: str = "*ckpt_*.pt", log=print) -> Path | None:
     "Copy the newest valid checkpoint in `target` (and its companions) into `local_dir`; return its local path or None."
     target, local_dir = Path(target), Path(local_dir)
-    try: m = json.loads((target / "manifest.json").read_text())
-    except (OSError, ValueError): log(f"restore: no readable manifest in {target}"); return None
+    if (m := read_manifest(target)) is None: log(f"restore: no readable manifest in {target}"); return None
     def valid(k):
         p = target / k
         return p.is_file() and p.stat().st_size == m[k]["size"] and sha256_file(p) == m[k]["sha256"]

@@ -4,7 +4,6 @@
 
 # %% ../nbs/08a_runner.ipynb #8e8fccd2
 from __future__ import annotations
-import json, re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -19,10 +18,11 @@ from .tokenization import Tokenizer
 from .device import choose_device, choose_precision, set_tf32
 from .training import Trainer, TrainConfig
 from .sampling import save_run
-from .checkpoint import CheckpointManager, Checkpointer, load_checkpoint, load_sharded_into
+from .checkpoint import _CKPT, CheckpointManager, Checkpointer, load_checkpoint, load_sharded_into
 from .distributed import DistEnv, is_sharded
 from .evaluate import HellaSwagEval
 from .monitor import RunLogger, make_loggers
+import drive_utils
 from .drive import DriveBackupCallback, backup_target, restore_run
 
 # %% auto #0
@@ -100,9 +100,8 @@ def get_preset(name: str = "tiny", **overrides) -> tuple[GPTConfig, TrainConfig]
 # %% ../nbs/08a_runner.ipynb #43e73eb9
 def _backup_steps(backup_dir, out_dir) -> list[int]:
     "The steps of the checkpoints that the backup of the run in `out_dir` lists (none if it has no backup yet)."
-    try: names = json.loads((backup_target(backup_dir, out_dir) / "manifest.json").read_text())
-    except (OSError, ValueError): return []
-    return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"checkpoints/ckpt_(\d+)\.pt", n)))
+    names = drive_utils.read_manifest(backup_target(backup_dir, out_dir)) or {}
+    return sorted(int(m[1]) for n in names if n.startswith("checkpoints/") and (m := _CKPT.match(n[12:])) and m[2] == "pt")
 
 def train(preset: str = "auto", data: str | None = None, tokenizer: str | None = None, out_dir=None, cache_dir=None,
           bpe_vocab_size: int = 8192, final_sample: int = 500, resume: str | None = None, init_from: str | None = None,
